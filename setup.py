@@ -1,0 +1,4 @@
+"""Shim: all metadata and dependencies live in setup.cfg."""
+from setuptools import setup
+
+setup()

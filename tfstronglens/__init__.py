@@ -1,0 +1,44 @@
+"""tfstronglens: differentiable strong gravitational lensing in TensorFlow.
+
+The public API in one import::
+
+    import tfstronglens as tsl
+    grid = tsl.PixelGrid(60, 0.065, supersample=2)
+    sim = tsl.Simulator(grid, lens=[tsl.EPL(), tsl.Shear()], source=[tsl.SersicEllipse()],
+                        psf=tsl.GaussianPSF(0.1))
+"""
+
+__version__ = "0.1.0"
+
+from .lensing import GaussianPSF, PixelGrid, PixelPSF, Simulator, convolve  # noqa: E402
+from .profiles import (  # noqa: E402
+    SIE,
+    SIS,
+    Gaussian,
+    LightProfile,
+    MassProfile,
+    PointMass,
+    Sersic,
+    SersicEllipse,
+    Shear,
+    get_profile,
+)
+
+__all__ = [
+    "__version__",
+    "PixelGrid",
+    "GaussianPSF",
+    "PixelPSF",
+    "Simulator",
+    "convolve",
+    "MassProfile",
+    "LightProfile",
+    "get_profile",
+    "SIS",
+    "SIE",
+    "Shear",
+    "PointMass",
+    "Sersic",
+    "SersicEllipse",
+    "Gaussian",
+]

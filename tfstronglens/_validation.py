@@ -1,0 +1,117 @@
+"""Argument checking and tensor conversion shared by every layer of the package.
+
+Checks run on concrete values (eager tensors, numpy arrays, Python numbers) and are
+skipped on symbolic tensors inside ``tf.function``/XLA, where data-dependent Python
+errors are impossible; the compiled code then relies on the checks done by the
+eager caller (e.g. :class:`tfstronglens.Simulator` validates before it compiles).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "resolve_dtype",
+    "as_tensor",
+    "is_concrete",
+    "check_positive",
+    "check_finite",
+    "broadcast_shapes",
+]
+
+_ALLOWED_DTYPES = (tf.float32, tf.float64)
+
+
+def resolve_dtype(dtype) -> tf.DType:
+    """Return a float ``tf.DType`` (float32 or float64) or raise ``ValueError``."""
+    if dtype is None:
+        return tf.float32
+    try:
+        dt = tf.as_dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in _ALLOWED_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def is_concrete(value) -> bool:
+    """True when ``value`` holds data we can inspect in Python (not a graph tensor)."""
+    if isinstance(value, (numbers.Number, np.ndarray, np.generic, list, tuple)):
+        return True
+    if isinstance(value, tf.Tensor):
+        return hasattr(value, "numpy") and tf.executing_eagerly()
+    if isinstance(value, tf.Variable):
+        return tf.executing_eagerly()
+    return False
+
+
+def check_finite(value, name: str):
+    """Raise ``ValueError`` naming ``name`` if a concrete ``value`` contains NaN or inf."""
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+        bad = arr[~np.isfinite(arr)].ravel()[0]
+        raise ValueError(f"{name} must be finite, got a value of {bad!r}")
+    if arr.dtype.kind not in "fciub":
+        raise ValueError(f"{name} must be numeric, got {value!r}")
+
+
+def check_positive(value, name: str, allow_zero: bool = False):
+    """Raise ``ValueError`` if a concrete ``value`` is not (strictly) positive."""
+    check_finite(value, name)
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    ok = np.all(arr >= 0) if allow_zero else np.all(arr > 0)
+    if not ok:
+        kind = "non-negative" if allow_zero else "positive"
+        shown = arr if arr.size == 1 else arr.ravel()[np.argmin(arr.ravel())]
+        raise ValueError(f"{name} must be {kind}, got {shown!r}")
+
+
+def as_tensor(value, dtype, name: str, check: bool = True) -> tf.Tensor:
+    """Convert ``value`` to a tensor of ``dtype`` (casting numpy float64 input to float32
+    when asked), checking finiteness of concrete inputs."""
+    if value is None:
+        raise ValueError(f"{name} is required, got None")
+    if check:
+        check_finite(value, name)
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        if value.dtype != dtype:
+            if not (value.dtype.is_floating or value.dtype.is_integer):
+                raise ValueError(f"{name} must be a real number, got dtype {value.dtype.name}")
+            value = tf.cast(value, dtype)
+        return tf.convert_to_tensor(value)
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise ValueError(f"{name} could not be converted to a tensor: {value!r}") from exc
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must be a real number or array, got {value!r}")
+    return tf.convert_to_tensor(arr.astype(dtype.as_numpy_dtype, copy=False))
+
+
+def broadcast_shapes(named_shapes, context: str = "") -> tf.TensorShape:
+    """Broadcast static shapes, raising ``ValueError`` that names the argument that fails.
+
+    ``named_shapes`` is an iterable of ``(name, TensorShape)``.
+    """
+    result = tf.TensorShape([])
+    seen = []
+    for name, shape in named_shapes:
+        shape = tf.TensorShape(shape)
+        try:
+            result = tf.broadcast_static_shape(result, shape)
+        except ValueError:
+            where = f" in {context}" if context else ""
+            raise ValueError(
+                f"{name} has shape {shape.as_list()}, which does not broadcast against "
+                f"{', '.join(f'{n} {s.as_list()}' for n, s in seen)}{where}"
+            ) from None
+        seen.append((name, shape))
+    return result

@@ -1,0 +1,7 @@
+"""Grids, ray tracing, rendering and PSFs."""
+
+from .grid import PixelGrid
+from .psf import PSF, GaussianPSF, PixelPSF, convolve
+from .simulator import Simulator
+
+__all__ = ["PixelGrid", "PSF", "GaussianPSF", "PixelPSF", "convolve", "Simulator"]

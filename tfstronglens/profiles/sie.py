@@ -1,0 +1,84 @@
+"""Singular isothermal ellipsoid."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ._geometry import EllipticalFrame, cdiv, clog, cmul, csqrt
+from .base import MassProfile
+
+# Below this |e| the closed form loses accuracy (0/0 at e = 0); the Taylor series of
+# atanh(s)/s = sum u^n / (2n + 1) is then used. |u| = |e|, so 9 terms reach 1e-18.
+_SERIES_BELOW = 1e-2
+_SERIES_TERMS = 9
+
+
+def atanh_ratio(ur, ui):
+    """``F(u) = atanh(sqrt(u)) / sqrt(u) = 2F1(1, 1/2; 3/2; u)`` for complex ``|u| < 1``.
+
+    Uses ``atanh(s) = log((1 + s)/(1 - s)) / 2``; since F is even in ``s`` the branch of
+    the square root is irrelevant, and for ``|s| < 1`` the principal log is continuous.
+    Near ``u = 0`` the Taylor series replaces the 0/0 of the closed form (double ``where``
+    so that gradients stay finite).
+    """
+    small = (ur * ur + ui * ui) < _SERIES_BELOW**2
+    # series (Horner): sum_{n} u^n / (2n + 1)
+    sr = tf.fill(tf.shape(ur), tf.constant(1.0 / (2 * _SERIES_TERMS - 1), ur.dtype))
+    si = tf.zeros_like(ur)
+    for n in range(_SERIES_TERMS - 2, -1, -1):
+        sr, si = cmul(sr, si, ur, ui)
+        sr = sr + 1.0 / (2 * n + 1)
+    # closed form on safe inputs
+    ur_s = tf.where(small, tf.ones_like(ur) * 0.5, ur)
+    ui_s = tf.where(small, tf.zeros_like(ui), ui)
+    s_r, s_i = csqrt(ur_s, ui_s)
+    lr, li = clog(*cdiv(1.0 + s_r, s_i, 1.0 - s_r, -s_i))
+    fr, fi = cdiv(0.5 * lr, 0.5 * li, s_r, s_i)
+    return tf.where(small, sr, fr), tf.where(small, si, fi)
+
+
+class SIE(MassProfile):
+    r"""Singular isothermal ellipsoid (lenstronomy ``SIE``; EPL with ``gamma = 2``).
+
+    #### Mathematical details
+
+    Convergence with the geometric-mean Einstein radius ``theta_E`` and axis ratio ``q``:
+
+        kappa = theta_E / (2 sqrt(q x'^2 + y'^2 / q)) = b / (2 R),
+        R = sqrt(q^2 x'^2 + y'^2),  b = theta_E sqrt(q),
+
+    with ``(x', y')`` along the major and minor axes. The deflection is the ``t = 1`` case
+    of Tessore & Metcalf (2015, A&A 580, A79, eq. 13) in closed form,
+
+        alpha = b (1 + |e|) (W / R) atanh(sqrt(u)) / sqrt(u),
+        W = (z - e conj(z)) / (1 + |e|),   u = -conj(e) W^2 / R^2,
+
+    (complex notation ``alpha = alpha_x + i alpha_y``, ``z = x + i y`` from the centre;
+    see :class:`~tfstronglens.profiles._geometry.EllipticalFrame`), which is the usual
+    Kormann et al. (1994) arctan/arctanh deflection written without the position angle.
+    The potential is ``psi = x alpha_x + y alpha_y``.
+
+    Parameters: ``theta_E`` (arcsec, > 0), ``e1, e2`` (``|e| < 1``), ``center_x, center_y``.
+    Exact, with finite gradients, at ``q = 1`` and at the centre (where alpha = 0).
+    """
+
+    name = "SIE"
+    param_names = ("theta_E", "e1", "e2", "center_x", "center_y")
+    defaults = {"center_x": 0.0, "center_y": 0.0}
+    positive_params = ("theta_E",)
+
+    def _deflection(self, x, y, theta_E, e1, e2, center_x, center_y):
+        fr = EllipticalFrame(x, y, e1, e2, center_x, center_y)
+        b = theta_E * tf.sqrt(fr.q)
+        hr, hi = atanh_ratio(fr.ur, fr.ui)
+        ar, ai = cmul(fr.wr / fr.R, fr.wi / fr.R, hr, hi)
+        scale = b * (1.0 + fr.abs_e)
+        return scale * ar, scale * ai
+
+    def _potential(self, x, y, theta_E, e1, e2, center_x, center_y):
+        ax, ay = self._deflection(x, y, theta_E, e1, e2, center_x, center_y)
+        return (x - center_x) * ax + (y - center_y) * ay
+
+    def _convergence(self, x, y, theta_E, e1, e2, center_x, center_y):
+        fr = EllipticalFrame(x, y, e1, e2, center_x, center_y)
+        return 0.5 * theta_E * tf.sqrt(fr.q) / fr.R
