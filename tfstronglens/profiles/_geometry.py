@@ -58,9 +58,34 @@ def csqrt(ar, ai):
     return re, im
 
 
+def atan(x):
+    """``arctan(x)``; in float32 a branch-free Cephes ``atanf`` polynomial (about 1 ulp).
+
+    XLA's CPU ``atan``/``atan2`` are not vectorized and cost ~10-20x an ``exp``; this
+    range-reduced minimax polynomial (Moshier's Cephes library) is exact to float32
+    rounding and vectorizes. float64 uses ``tf.math.atan``.
+    """
+    if x.dtype == tf.float64:
+        return tf.math.atan(x)
+    a = tf.abs(x)
+    big = a > 2.414213562373095
+    mid = a > 0.4142135623730950
+    xr = tf.where(big, -1.0 / tf.maximum(a, 1e-30), tf.where(mid, (a - 1.0) / (a + 1.0), a))
+    y0 = tf.where(big, 1.5707963267948966, tf.where(mid, 0.7853981633974483, 0.0))
+    z = xr * xr
+    poly = ((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1
+    res = y0 + (poly * z * xr + xr)
+    return tf.where(x < 0, -res, res)
+
+
 def clog(ar, ai):
     """Principal complex logarithm."""
     return 0.5 * tf.math.log(ar * ar + ai * ai), tf.math.atan2(ai, ar)
+
+
+def clog_right(ar, ai):
+    """Complex logarithm for arguments with positive real part (fast: no atan2)."""
+    return 0.5 * tf.math.log(ar * ar + ai * ai), atan(ai / ar)
 
 
 class EllipticalFrame:

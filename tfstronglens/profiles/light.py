@@ -15,9 +15,19 @@ def sersic_b_n(n, approximation: str = "ciotti_bertin"):
     r"""The Sersic ``b_n``, defined by ``gamma(2n, b_n) = Gamma(2n) / 2`` so that
     ``R_sersic`` is the half-light radius.
 
-    * ``"ciotti_bertin"`` (default): the asymptotic series of Ciotti & Bertin (1999,
-      A&A 352, 447, eq. 18) for ``n > 0.36`` (relative error < 1e-6 there) and the
-      polynomial fit of MacArthur, Courteau & Holtzman (2003, ApJ 582, 689) below.
+    * ``"ciotti_bertin"`` (default): the exact root, to float rounding. The starting
+      value is the asymptotic series of Ciotti & Bertin (1999, A&A 352, 447, eq. 18) for
+      ``n > 0.36`` (relative error 4e-4 at n = 0.5, 2e-5 at n = 1, 1e-6 at n = 2) and the
+      small-``n`` limit ``P(a, b) ~ b^a / Gamma(a + 1)`` (``a = 2n``) below; four Newton
+      steps on ``log b`` with the regularized incomplete gamma function
+      ``P(a, b) = tf.math.igamma(a, b)``,
+
+          log b <- log b - (P(a, b) - 1/2) Gamma(a) / (b^a e^{-b}),
+
+      then converge quadratically (relative error < 1e-14 in float64 for
+      ``0.05 <= n <= 20``). Gradients flow through ``igamma`` (also under XLA); at the
+      converged root they equal the implicit derivative ``db/dn``. ``n`` is floored at
+      0.05 (below, ``b_n`` underflows float32).
     * ``"lenstronomy"``: ``b_n = 1.9992 n - 0.3271`` (floored at 1e-5), lenstronomy's
       linear approximation, for exact compatibility with its images.
     """
@@ -26,14 +36,22 @@ def sersic_b_n(n, approximation: str = "ciotti_bertin"):
     if approximation != "ciotti_bertin":
         raise ValueError(f"b_n approximation must be one of {_B_N_CHOICES}, got {approximation!r}")
     n_safe = tf.maximum(n, 0.05)
+    a = 2.0 * n_safe
     inv = 1.0 / n_safe
     cb = (
         2.0 * n_safe
         - 1.0 / 3.0
         + inv * (4.0 / 405.0 + inv * (46.0 / 25515.0 + inv * (131.0 / 1148175.0 - inv * 2194697.0 / 30690717750.0)))
     )
-    mac = 0.01945 + n_safe * (-0.8902 + n_safe * (10.95 + n_safe * (-19.67 + n_safe * 13.43)))
-    return tf.where(n_safe > 0.36, cb, mac)
+    # small n: P(a, b) ~ b^a / Gamma(a + 1) = 1/2  =>  log b = (lgamma(a + 1) - log 2) / a
+    log_small = (tf.math.lgamma(a + 1.0) - math.log(2.0)) / a
+    big = n_safe > 0.36
+    t = tf.where(big, tf.math.log(tf.where(big, cb, 1.0)), log_small)
+    lgamma_a = tf.math.lgamma(a)
+    for _ in range(4):
+        b = tf.exp(t)
+        t = t - (tf.math.igamma(a, b) - 0.5) * tf.exp(lgamma_a + b - a * t)
+    return tf.exp(t)
 
 
 def elliptical_radius_sq(dx, dy, e1, e2):
@@ -65,8 +83,8 @@ class Sersic(LightProfile):
       b_n: ``"ciotti_bertin"`` (exact half-light radius) or ``"lenstronomy"``
         (lenstronomy's linear approximation, to reproduce its images); see
         :func:`sersic_b_n`.
-      smoothing: radius floor in arcsec (default 1e-5, as lenstronomy) that keeps the cusp
-        and its gradient finite at the centre.
+      smoothing: radius floor in arcsec (default 1e-4, as lenstronomy's ``SersicUtil``)
+        that keeps the cusp and its gradient finite at the centre.
     """
 
     name = "SERSIC"
@@ -74,7 +92,7 @@ class Sersic(LightProfile):
     defaults = {"center_x": 0.0, "center_y": 0.0}
     positive_params = ("R_sersic", "n_sersic")
 
-    def __init__(self, b_n: str = "ciotti_bertin", smoothing: float = 1e-5, dtype=tf.float32):
+    def __init__(self, b_n: str = "ciotti_bertin", smoothing: float = 1e-4, dtype=tf.float32):
         super().__init__(dtype=dtype)
         if b_n not in _B_N_CHOICES:
             raise ValueError(f"b_n must be one of {_B_N_CHOICES}, got {b_n!r}")
@@ -87,11 +105,13 @@ class Sersic(LightProfile):
         return {**super().get_config(), "b_n": self.b_n, "smoothing": self.smoothing}
 
     def _profile(self, r_sq, amp, R_sersic, n_sersic):
-        r = tf.sqrt(tf.maximum(r_sq, self.smoothing**2))
         bn = sersic_b_n(n_sersic, self.b_n)
-        # (R / R_s)^(1/n) computed as exp(log(R / R_s) / n): one transcendental fewer
-        frac = tf.exp(tf.math.log(r / R_sersic) / n_sersic)
-        return amp * tf.exp(-bn * (frac - 1.0))
+        # (R / R_s)^(1/n) = exp(log(R^2) / (2n) - log(R_s) / n): per-lens constants are
+        # hoisted so each pixel costs one log and two exps (no sqrt, no pow).
+        inv_2n = 0.5 / n_sersic
+        offset = -tf.math.log(R_sersic) / n_sersic
+        frac = tf.exp(tf.math.log(tf.maximum(r_sq, self.smoothing**2)) * inv_2n + offset)
+        return amp * tf.exp(bn - bn * frac)
 
     def _surface_brightness(self, x, y, amp, R_sersic, n_sersic, center_x, center_y):
         dx, dy = x - center_x, y - center_y
