@@ -70,7 +70,7 @@ def check_positive(value, name: str, allow_zero: bool = False):
     ok = np.all(arr >= 0) if allow_zero else np.all(arr > 0)
     if not ok:
         kind = "non-negative" if allow_zero else "positive"
-        shown = arr if arr.size == 1 else arr.ravel()[np.argmin(arr.ravel())]
+        shown = arr.ravel()[np.argmin(arr.ravel())].item()  # a plain number, not array(..)
         raise ValueError(f"{name} must be {kind}, got {shown!r}")
 
 

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
-from scipy.special import erf
+from scipy.special import erf, erfc
 
 from .._validation import check_finite
 
@@ -71,9 +71,13 @@ class GaussianPSF(PSF):
         if size is None:
             half = int(math.ceil(self.truncation * self.sigma / pixel_scale))
             size = 2 * half + 1
-        edges = (np.arange(size + 1) - 0.5 * size) * pixel_scale
-        cdf = 0.5 * (1.0 + erf(edges / (math.sqrt(2.0) * self.sigma)))
-        k1 = np.diff(cdf)
+        # pixel masses from |centre| with erfc (differences of a CDF near 1 lose the
+        # relative precision of the right tail): exactly symmetric, accurate to rounding
+        scale = math.sqrt(2.0) * self.sigma
+        centres = np.abs(np.arange(size) - 0.5 * (size - 1)) * pixel_scale
+        lo, hi = centres - 0.5 * pixel_scale, centres + 0.5 * pixel_scale
+        k1 = np.where(lo < 0, erf(hi / scale),
+                      0.5 * (erfc(np.maximum(lo, 0.0) / scale) - erfc(hi / scale)))
         k = np.outer(k1, k1)
         return k / k.sum()
 
@@ -143,6 +147,10 @@ def convolve(image, kernel, method: str = "auto"):
         method = "direct" if k <= DIRECT_MAX_SIZE else "fft"
     shape = tf.shape(image)
     h, w = image.shape[-2], image.shape[-1]
+    # inside a tf.function traced with relaxed shapes (reduce_retracing) the static
+    # height/width can be unknown: use the dynamic ones then
+    h = shape[-2] if h is None else h
+    w = shape[-1] if w is None else w
     flat = tf.reshape(image, [-1, h, w])
     if method == "direct":
         filt = tf.reverse(kernel, axis=[0, 1])[:, :, None, None]

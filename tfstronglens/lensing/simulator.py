@@ -83,8 +83,10 @@ class Simulator:
         self.jit_compile = bool(jit_compile)
         self._kernel = None if psf is None else tf.constant(psf.kernel(grid.pixel_scale), self.dtype)
         self._x, self._y = grid.coordinates(supersampled=True)
+        # one trace per batch shape (static shapes are what XLA wants); no AutoGraph, as
+        # the rendering code has no Python control flow on tensor values
         self._render = tf.function(self._render_impl, jit_compile=self.jit_compile,
-                                   reduce_retracing=True)
+                                   autograph=False)
 
     # ----------------------------------------------------------- parameters
     def components(self, kind: str):
@@ -179,9 +181,18 @@ class Simulator:
         """Render images ``[*batch_shape, N, N]`` in flux per pixel (see class docs)."""
         prepared = {k: self.prepare(k, v) for k, v in
                     (("lens", lens), ("source", source), ("lens_light", lens_light))}
-        self.batch_shape(prepared)
-        return self._render(prepared["lens"], prepared["source"], prepared["lens_light"],
-                            convolve_psf=bool(convolve_psf))
+        batch = self.batch_shape(prepared)
+        img = self._render(prepared["lens"], prepared["source"], prepared["lens_light"],
+                           convolve_psf=bool(convolve_psf))
+        # set the output shape [*batch_shape or 1, N, N] here, from the eagerly checked
+        # parameters: a trace with relaxed (unknown-rank) input shapes, as reduce_retracing
+        # made after calls with different batch shapes, returned [N, N] for scalars
+        n = self.grid.num_pix
+        if batch.rank == 0:
+            return tf.reshape(img, [1, n, n])
+        if batch.is_fully_defined():
+            return tf.reshape(img, batch.as_list() + [n, n])
+        return img
 
     simulate = __call__
 

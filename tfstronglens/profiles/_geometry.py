@@ -50,11 +50,18 @@ def cdiv(ar, ai, br, bi):
 
 
 def csqrt(ar, ai):
-    """Principal complex square root (branch cut on the negative real axis)."""
-    r = tf.sqrt(ar * ar + ai * ai)
-    re = tf.sqrt(tf.maximum(0.5 * (r + ar), 0.0))
-    im = tf.sqrt(tf.maximum(0.5 * (r - ar), 0.0))
-    im = tf.where(ai < 0, -im, im)
+    """Principal complex square root (branch cut on the negative real axis).
+
+    Written as ``t = sqrt((r + |ar|) / 2)`` and ``ai / (2 t)`` so that neither part takes
+    ``sqrt(0)``: values and gradients are finite and correct everywhere except at 0 and on
+    the cut itself (where the root is discontinuous). On the positive real axis, the naive
+    ``sqrt(max((r - ar) / 2, 0))`` form gave NaN gradients.
+    """
+    r = tf.sqrt(tf.maximum(ar * ar + ai * ai, tiny(ar.dtype)))
+    pos = ar >= 0
+    t = tf.sqrt(0.5 * tf.where(pos, r + ar, r - ar))
+    re = tf.where(pos, t, tf.abs(ai) / (2.0 * t))
+    im = tf.where(pos, ai / (2.0 * t), tf.where(ai < 0, -t, t))
     return re, im
 
 

@@ -33,7 +33,12 @@ def atanh_ratio(ur, ui):
     # closed form on safe inputs
     ur_s = tf.where(small, tf.ones_like(ur) * 0.5, ur)
     ui_s = tf.where(small, tf.zeros_like(ui), ui)
-    s_r, s_i = csqrt(ur_s, ui_s)
+    # F is even in s, so any root will do: take the principal root of u in the right
+    # half-plane and i * sqrt(-u) in the left one. That never touches the cut of csqrt
+    # (u < 0: the major axis), where its gradient would be wrong.
+    flip = ur_s < 0
+    w_r, w_i = csqrt(tf.where(flip, -ur_s, ur_s), tf.where(flip, -ui_s, ui_s))
+    s_r, s_i = tf.where(flip, -w_i, w_r), tf.where(flip, w_r, w_i)
     lr, li = clog_right(*cdiv(1.0 + s_r, s_i, 1.0 - s_r, -s_i))
     fr, fi = cdiv(0.5 * lr, 0.5 * li, s_r, s_i)
     return tf.where(small, sr, fr), tf.where(small, si, fi)

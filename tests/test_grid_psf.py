@@ -1,0 +1,187 @@
+"""PixelGrid coordinates and binning, GaussianPSF/PixelPSF kernels and convolution."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.signal import fftconvolve
+
+import tfstronglens as tsl
+from conftest import lenstronomy_or_skip
+from tfstronglens.lensing.psf import psf_from_config
+
+F64 = tf.float64
+
+
+# ----------------------------------------------------------------------------- grid
+@pytest.mark.parametrize("num_pix", [1, 6, 7, 20, 21])
+@pytest.mark.parametrize("pixel_scale", [0.05, 0.13])
+def test_grid_matches_lenstronomy_convention(num_pix, pixel_scale):
+    """lenstronomy ImageData with ra_at_xy_0 = dec_at_xy_0 = -(n-1)/2 pix and
+    transform_pix2angle = diag(pix): x along columns, y along rows."""
+    lenstronomy_or_skip()
+    from lenstronomy.Data.imaging_data import ImageData
+    from lenstronomy.Util import util
+
+    c0 = -(num_pix - 1) / 2 * pixel_scale
+    data = ImageData(image_data=np.zeros((num_pix, num_pix)), ra_at_xy_0=c0, dec_at_xy_0=c0,
+                     transform_pix2angle=np.diag([pixel_scale, pixel_scale]))
+    ra, dec = data.pixel_coordinates
+    grid = tsl.PixelGrid(num_pix, pixel_scale, dtype=F64)
+    x, y = grid.coordinates(supersampled=False)
+    np.testing.assert_allclose(x.numpy(), ra, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(y.numpy(), dec, rtol=0, atol=1e-14)
+    # x varies along columns, y along rows, increasing
+    assert np.all(np.diff(x.numpy(), axis=1) > 0) and np.all(np.diff(x.numpy(), axis=0) == 0)
+    assert np.all(np.diff(y.numpy(), axis=0) > 0) and np.all(np.diff(y.numpy(), axis=1) == 0)
+    # centres symmetric about 0
+    np.testing.assert_allclose(x.numpy(), -x.numpy()[:, ::-1], atol=1e-15)
+    np.testing.assert_allclose(y.numpy(), -y.numpy()[::-1, :], atol=1e-15)
+    assert grid.extent == pytest.approx((-num_pix * pixel_scale / 2, num_pix * pixel_scale / 2) * 2)
+    # supersampled sub-pixels as lenstronomy's make_subgrid
+    for s in (2, 3):
+        gs = tsl.PixelGrid(num_pix, pixel_scale, supersample=s, dtype=F64)
+        xs, ys = gs.coordinates()
+        if num_pix > 1:  # make_subgrid needs two pixels to know the step
+            rs, ds = util.make_subgrid(util.image2array(ra), util.image2array(dec), s)
+            np.testing.assert_allclose(xs.numpy(), rs.reshape(num_pix * s, -1), atol=1e-14)
+            np.testing.assert_allclose(ys.numpy(), ds.reshape(num_pix * s, -1), atol=1e-14)
+
+
+@pytest.mark.parametrize("num_pix,s", [(5, 2), (6, 3), (4, 4), (7, 1)])
+def test_subpixels_average_to_pixel_centres_and_bin_averages(num_pix, s, rng):
+    grid = tsl.PixelGrid(num_pix, 0.1, supersample=s, dtype=F64)
+    xs, ys = grid.coordinates()
+    assert xs.shape == (num_pix * s, num_pix * s)
+    x, y = grid.coordinates(supersampled=False)
+    np.testing.assert_allclose(grid.bin(xs).numpy(), x.numpy(), atol=1e-15)
+    np.testing.assert_allclose(grid.bin(ys).numpy(), y.numpy(), atol=1e-15)
+    # sub-pixels are evenly spaced with step pixel / s and fill each pixel symmetrically
+    np.testing.assert_allclose(np.diff(xs.numpy()[0]), 0.1 / s, atol=1e-15)
+    # bin() is the block mean, also for batched [B, C, N s, N s] inputs
+    img = rng.normal(size=(2, 3, num_pix * s, num_pix * s))
+    ref = img.reshape(2, 3, num_pix, s, num_pix, s).mean(axis=(3, 5))
+    np.testing.assert_allclose(grid.bin(tf.constant(img)).numpy(), ref, rtol=1e-14, atol=1e-15)
+    assert grid.pixel_area == pytest.approx(0.01)
+    assert tsl.PixelGrid(**grid.get_config()).get_config() == grid.get_config()
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(num_pix=0, pixel_scale=0.1), "num_pix"),
+    (dict(num_pix=-3, pixel_scale=0.1), "num_pix"),
+    (dict(num_pix=10.0, pixel_scale=0.1), "num_pix"),
+    (dict(num_pix=2.5, pixel_scale=0.1), "num_pix"),
+    (dict(num_pix=True, pixel_scale=0.1), "num_pix"),
+    (dict(num_pix=10, pixel_scale=0.0), "pixel_scale"),
+    (dict(num_pix=10, pixel_scale=-0.1), "pixel_scale"),
+    (dict(num_pix=10, pixel_scale=float("nan")), "pixel_scale"),
+    (dict(num_pix=10, pixel_scale=float("inf")), "pixel_scale"),
+    (dict(num_pix=10, pixel_scale="0.1"), "pixel_scale"),
+    (dict(num_pix=10, pixel_scale=0.1, supersample=0), "supersample"),
+    (dict(num_pix=10, pixel_scale=0.1, supersample=1.5), "supersample"),
+    (dict(num_pix=10, pixel_scale=0.1, dtype=tf.int32), "dtype"),
+])
+def test_grid_bad_input(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        tsl.PixelGrid(**kwargs)
+
+
+# ------------------------------------------------------------------------------ PSF
+@pytest.mark.parametrize("fwhm,pix", [(0.1, 0.02), (0.3, 0.05), (0.2, 0.04)])
+def test_gaussian_psf_kernel_moments(fwhm, pix):
+    """Normalized, symmetric, and (Sheppard's correction) the second moment of the
+    pixel-integrated Gaussian is sigma^2 + pix^2/12 when the FWHM spans >= 2.5 pixels."""
+    psf = tsl.GaussianPSF(fwhm, truncation=10.0)
+    k = psf.kernel(pix)
+    assert k.shape[0] % 2 == 1 and k.shape[0] == k.shape[1]
+    assert abs(k.sum() - 1.0) < 1e-14
+    np.testing.assert_allclose(k, k.T, atol=1e-17)
+    np.testing.assert_allclose(k, k[::-1, :], atol=1e-17)
+    np.testing.assert_allclose(k, k[:, ::-1], atol=1e-17)
+    c = (np.arange(k.shape[0]) - (k.shape[0] - 1) / 2) * pix
+    mx = np.sum(k.sum(axis=0) * c**2)
+    my = np.sum(k.sum(axis=1) * c**2)
+    sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
+    assert psf.sigma == pytest.approx(sigma, rel=1e-15)
+    # corrections to Sheppard's formula are ~exp(-2 pi^2 sigma^2 / pix^2) < 1e-10
+    np.testing.assert_allclose([mx, my], sigma**2 + pix**2 / 12, rtol=1e-9)
+    # centre pixel holds the peak; truncation sets the size
+    assert k[k.shape[0] // 2, k.shape[0] // 2] == k.max()
+    assert tsl.GaussianPSF(fwhm).kernel(pix).shape[0] == 2 * int(np.ceil(4 * sigma / pix)) + 1
+    assert tsl.GaussianPSF(fwhm, size=7).kernel(pix).shape == (7, 7)
+
+
+def _asym_kernel(k, rng):
+    ker = rng.uniform(0.0, 1.0, (k, k))
+    ker[0, -1] += 3.0  # strongly asymmetric: catches a missing (or double) flip
+    return ker / ker.sum()
+
+
+@pytest.mark.parametrize("dtype,tol", [(tf.float32, 1e-6), (F64, 1e-12)])
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+@pytest.mark.parametrize("shape", [(12, 12), (11, 14), (3, 9, 10)])
+def test_convolve_matches_scipy_fftconvolve_same(dtype, tol, k, shape, rng):
+    img = rng.normal(size=shape) + 2.0
+    ker = _asym_kernel(k, rng)
+    ref = np.array([fftconvolve(im, ker, mode="same") for im in img.reshape(-1, *shape[-2:])])
+    ref = ref.reshape(shape)
+    scale = np.max(np.abs(ref))
+    img_t = tf.constant(img, dtype)
+    outs = {m: tsl.convolve(img_t, ker, method=m).numpy() for m in ("direct", "fft", "auto")}
+    for m, out in outs.items():
+        assert out.shape == shape and out.dtype == dtype.as_numpy_dtype
+        assert np.max(np.abs(out - ref)) / scale < 3 * tol, m
+    assert np.max(np.abs(outs["direct"] - outs["fft"])) / scale < tol
+
+
+def test_convolve_large_kernel_auto_is_fft_and_jit(rng):
+    img = tf.constant(rng.normal(size=(2, 40, 40)))
+    ker = _asym_kernel(21, rng)  # > DIRECT_MAX_SIZE
+    ref = np.array([fftconvolve(im, ker, mode="same") for im in img.numpy()])
+    np.testing.assert_allclose(tsl.convolve(img, ker).numpy(), ref, atol=1e-12)
+    jitted = tf.function(lambda im: tsl.convolve(im, ker, method="direct"), jit_compile=True)
+    np.testing.assert_allclose(jitted(img).numpy(), ref, atol=1e-12)
+
+
+def test_psf_convolution_conserves_flux_away_from_edges(rng):
+    grid = tsl.PixelGrid(40, 0.05, dtype=F64)
+    x, y = grid.coordinates(supersampled=False)
+    src = tsl.Gaussian(dtype=F64).surface_brightness(x, y, amp=3.0, sigma=0.1, center_x=0.1)
+    img = src * grid.pixel_area
+    for psf in (tsl.GaussianPSF(0.15), tsl.PixelPSF(_asym_kernel(7, rng))):
+        out = psf.convolve(img, grid.pixel_scale)
+        np.testing.assert_allclose(np.sum(out.numpy()), np.sum(img.numpy()), rtol=1e-12)
+        assert abs(np.sum(out.numpy()) - 3.0) < 1e-6  # the whole source sits in the image
+
+
+def test_pixel_psf_normalizes_and_round_trips(rng):
+    ker = _asym_kernel(5, rng) * 7.0
+    psf = tsl.PixelPSF(ker)
+    np.testing.assert_allclose(psf.kernel(0.1), ker / ker.sum(), rtol=1e-15)
+    raw = tsl.PixelPSF(ker, normalize=False)
+    np.testing.assert_allclose(raw.kernel(), ker, rtol=0)
+    for p in (psf, raw, tsl.GaussianPSF(0.2, size=9)):
+        q = psf_from_config(p.get_config())
+        np.testing.assert_array_equal(q.kernel(0.05), p.kernel(0.05))
+    assert psf_from_config(None) is None
+
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: tsl.GaussianPSF(0.0), "fwhm"),
+    (lambda: tsl.GaussianPSF(-0.1), "fwhm"),
+    (lambda: tsl.GaussianPSF(float("nan")), "fwhm"),
+    (lambda: tsl.GaussianPSF(0.1, size=4), "size"),
+    (lambda: tsl.GaussianPSF(0.1, truncation=0.0), "truncation"),
+    (lambda: tsl.GaussianPSF(0.1).kernel(0.0), "pixel_scale"),
+    (lambda: tsl.PixelPSF(np.ones((4, 4))), "kernel"),
+    (lambda: tsl.PixelPSF(np.ones((3, 5))), "kernel"),
+    (lambda: tsl.PixelPSF(np.ones(5)), "kernel"),
+    (lambda: tsl.PixelPSF(np.ones((2, 3, 3))), "kernel"),
+    (lambda: tsl.PixelPSF(np.where(np.eye(3) > 0, np.nan, 1.0)), "kernel"),
+    (lambda: tsl.PixelPSF(np.zeros((3, 3))), "kernel"),
+    (lambda: tsl.convolve(np.ones((5, 5)), np.ones((3, 3)), method="fast"), "method"),
+    (lambda: tsl.convolve(np.ones((5, 5)), tf.ones((3,))), "kernel"),
+    (lambda: psf_from_config({"type": "moffat"}), "type"),
+])
+def test_psf_bad_input(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()
