@@ -12,11 +12,15 @@ __version__ = "0.1.0"
 
 from .lensing import GaussianPSF, PixelGrid, PixelPSF, Simulator, convolve  # noqa: E402
 from .profiles import (  # noqa: E402
+    NFW,
     SIE,
     SIS,
+    TNFW,
     Gaussian,
     LightProfile,
     MassProfile,
+    PixelatedConvergence,
+    PixelatedSource,
     PointMass,
     Sersic,
     SersicEllipse,
@@ -38,7 +42,11 @@ __all__ = [
     "SIE",
     "Shear",
     "PointMass",
+    "NFW",
+    "TNFW",
     "Sersic",
     "SersicEllipse",
     "Gaussian",
+    "PixelatedSource",
+    "PixelatedConvergence",
 ]

@@ -3,5 +3,6 @@
 from .grid import PixelGrid
 from .psf import PSF, GaussianPSF, PixelPSF, convolve
 from .simulator import Simulator
+from .layer import LensingLayer
 
-__all__ = ["PixelGrid", "PSF", "GaussianPSF", "PixelPSF", "convolve", "Simulator"]
+__all__ = ["PixelGrid", "PSF", "GaussianPSF", "PixelPSF", "convolve", "Simulator", "LensingLayer"]

@@ -2,10 +2,14 @@
 
 from .base import PROFILE_REGISTRY, LightProfile, MassProfile, Profile, get_profile
 from .light import Gaussian, Sersic, SersicEllipse
+from .nfw import NFW
+from .pixelated_convergence import PixelatedConvergence
+from .pixelated_source import PixelatedSource
 from .point_mass import PointMass
 from .shear import Shear
 from .sie import SIE
 from .sis import SIS
+from .tnfw import TNFW
 
 __all__ = [
     "Profile",
@@ -17,7 +21,11 @@ __all__ = [
     "SIE",
     "Shear",
     "PointMass",
+    "NFW",
+    "TNFW",
     "Sersic",
     "SersicEllipse",
     "Gaussian",
+    "PixelatedSource",
+    "PixelatedConvergence",
 ]
