@@ -1,0 +1,158 @@
+"""The command line interface: ``tfstronglens simulate-example`` and ``python -m tfstronglens``."""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import tfstronglens as tsl  # noqa: E402
+from tfstronglens import cli  # noqa: E402
+from tfstronglens.io import params_from_header, read_fits  # noqa: E402
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+
+
+def run_main(argv):
+    """Call ``cli.main`` in-process; return (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "example"
+    code, stdout, stderr = run_main(["simulate-example", "--out", str(out), "--num-pix", "40",
+                                     "--seed", "7"])
+    return out, code, stdout, stderr
+
+
+def test_simulate_example_writes_fits_and_png(example):
+    out, code, stdout, stderr = example
+    assert code == 0, stderr
+    assert sorted(os.listdir(out)) == ["lens.fits", "lens.png"]
+
+    image, hdr = read_fits(out / "lens.fits")
+    assert image.shape == (40, 40) and image.dtype == np.float32
+    assert np.all(np.isfinite(image))
+    assert hdr["PIXSCALE"] == 0.05 and hdr["SEED"] == 7 and hdr["SUPERSMP"] == 2
+    assert hdr["BUNIT"] == "electron/s" and hdr["PSFFWHM"] == 0.1
+
+    # the truths in the header are exactly the parameters of the example ...
+    sim, params = cli.example_lens(40, 0.05, 2)
+    assert params_from_header(hdr, sim) == {
+        kind: [{**prof.defaults, **p} for prof, p in zip(sim.components(kind), params[kind])]
+        for kind in params
+    }
+    assert hdr["LENS0_THETA_E"] == 1.2 and hdr["LENS1_GAMMA1"] == 0.03
+    assert hdr["SOURCE0_R_SERSIC"] == 0.15 and hdr["LENS_LIGHT0_N_SERSIC"] == 4.0
+    expected_model = "EPL" if hasattr(tsl, "EPL") else "SIE"
+    assert hdr["LENS0_MODEL"] == expected_model == sim.lens[0].name
+
+    # ... and they render the noise-free MODEL extension
+    model, mhdr = read_fits(out / "lens.fits", "MODEL")
+    assert mhdr["BUNIT"] == "electron/s" and model.dtype == np.float32
+    rendered = sim(**params_from_header(hdr, sim)).numpy()[0]
+    np.testing.assert_allclose(model, rendered, rtol=1e-6, atol=1e-7 * rendered.max())
+    assert model.max() > 0.1  # a real lens, not an empty image
+
+    # the noise is Gaussian with the documented sigma (1600 pixels: std known to ~2%)
+    residual = image - model
+    assert abs(residual.mean()) < 4 * cli.EXAMPLE_NOISE_SIGMA / 40
+    assert residual.std() == pytest.approx(cli.EXAMPLE_NOISE_SIGMA, rel=0.08)
+
+    psf, phdr = read_fits(out / "lens.fits", "PSF")
+    np.testing.assert_allclose(psf, tsl.GaussianPSF(0.1).kernel(0.05), rtol=1e-6)
+    assert psf.sum() == pytest.approx(1.0, rel=1e-6) and phdr["PIXSCALE"] == 0.05
+
+    with open(out / "lens.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # the summary names the files, the shape, the peak S/N and the truths
+    assert str(out / "lens.fits") in stdout and str(out / "lens.png") in stdout
+    assert "40 x 40" in stdout
+    assert f"peak S/N {model.max() / cli.EXAMPLE_NOISE_SIGMA:.1f}" in stdout
+    assert "theta_E=1.2" in stdout and "R_sersic=0.15" in stdout
+
+
+def test_refuses_non_empty_directory_then_overwrites(example):
+    out, code, _, _ = example
+    assert code == 0
+    before = (out / "lens.fits").read_bytes()
+    old_image, _ = read_fits(out / "lens.fits")
+    code, stdout, stderr = run_main(["simulate-example", "--out", str(out), "--num-pix", "40"])
+    assert code == 2 and stdout == ""
+    assert "not empty" in stderr and "--overwrite" in stderr and str(out) in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert (out / "lens.fits").read_bytes() == before
+
+    # --overwrite replaces the files; another seed gives another noise realisation
+    code, _, stderr = run_main(["simulate-example", "--out", str(out), "--num-pix", "40",
+                                "--seed", "8", "--overwrite"])
+    assert code == 0, stderr
+    image, hdr = read_fits(out / "lens.fits")
+    assert hdr["SEED"] == 8
+    assert not np.array_equal(image, old_image)
+    # same model, independent noise: the difference has std sqrt(2) sigma
+    assert np.std(image - old_image) == pytest.approx(np.sqrt(2) * cli.EXAMPLE_NOISE_SIGMA, rel=0.1)
+    assert sorted(os.listdir(out)) == ["lens.fits", "lens.png"]
+
+
+def test_refuses_a_file_as_output_directory(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    code, _, stderr = run_main(["simulate-example", "--out", str(target)])
+    assert code == 2 and "not a directory" in stderr and target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["simulate-example", "--num-pix", "0"], "--num-pix"),
+    (["simulate-example", "--num-pix", "abc"], "--num-pix"),
+    (["simulate-example", "--num-pix", "100000"], "--num-pix"),
+    (["simulate-example", "--pixel-scale", "-0.05"], "--pixel-scale"),
+    (["simulate-example", "--pixel-scale", "nan"], "--pixel-scale"),
+    (["simulate-example", "--supersample", "0"], "--supersample"),
+    (["simulate-example", "--seed", "-1"], "--seed"),
+    (["simulate-example", "--bogus"], "--bogus"),
+    (["demo"], "invalid choice"),
+    ([], "required"),
+])
+def test_bad_arguments_give_one_line_error_and_exit_code_2(tmp_path, argv, needle):
+    out = tmp_path / "never"
+    code, stdout, stderr = run_main(argv + (["--out", str(out)] if argv[:1] == ["simulate-example"]
+                                            else []))
+    assert code == 2
+    assert stderr.count("\n") == 1, stderr
+    assert "error:" in stderr and needle in stderr and "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_version_and_help():
+    code, stdout, _ = run_main(["--version"])
+    assert code == 0 and stdout.strip() == f"tfstronglens {tsl.__version__}"
+    code, stdout, _ = run_main(["simulate-example", "--help"])
+    assert code == 0 and "--pixel-scale" in stdout and "--overwrite" in stdout
+
+
+def test_python_m_entry_point(tmp_path):
+    """The real entry, in a fresh interpreter: ``python -m tfstronglens simulate-example``."""
+    out = tmp_path / "sub"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfstronglens", "simulate-example", "--out", str(out),
+         "--num-pix", "16", "--supersample", "1", "--pixel-scale", "0.1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "peak S/N" in proc.stdout
+    image, hdr = read_fits(out / "lens.fits")
+    assert image.shape == (16, 16) and np.all(np.isfinite(image)) and hdr["PIXSCALE"] == 0.1
