@@ -1,8 +1,8 @@
 """Grids, ray tracing, rendering and PSFs."""
 
 from .grid import PixelGrid
-from .psf import PSF, GaussianPSF, PixelPSF, convolve
+from .psf import PSF, GaussianPSF, MoffatPSF, PixelPSF, convolve
 from .simulator import Simulator
 from .layer import LensingLayer
 
-__all__ = ["PixelGrid", "PSF", "GaussianPSF", "PixelPSF", "convolve", "Simulator", "LensingLayer"]
+__all__ = ["PixelGrid", "PSF", "GaussianPSF", "MoffatPSF", "PixelPSF", "convolve", "Simulator", "LensingLayer"]
