@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from .lensing import GaussianPSF, PixelGrid, PixelPSF, Simulator, convolve  # noqa: E402
 from .profiles import (  # noqa: E402
+    EPL,
     NFW,
     SIE,
     SIS,
@@ -40,6 +41,7 @@ __all__ = [
     "get_profile",
     "SIS",
     "SIE",
+    "EPL",
     "Shear",
     "PointMass",
     "NFW",

@@ -1,6 +1,7 @@
 """Mass and light profiles with lenstronomy's parameter names and conventions."""
 
 from .base import PROFILE_REGISTRY, LightProfile, MassProfile, Profile, get_profile
+from .epl import EPL
 from .light import Gaussian, Sersic, SersicEllipse
 from .nfw import NFW
 from .pixelated_convergence import PixelatedConvergence
@@ -19,6 +20,7 @@ __all__ = [
     "get_profile",
     "SIS",
     "SIE",
+    "EPL",
     "Shear",
     "PointMass",
     "NFW",
