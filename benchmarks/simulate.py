@@ -91,7 +91,10 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--lenstronomy-images", type=int, default=40)
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--no-tune-allocator", action="store_true",
+                    help="leave glibc malloc at its defaults (see tfstronglens.runtime)")
     args = ap.parse_args(argv)
+    tuned = False if args.no_tune_allocator else tsl.runtime.tune_cpu_allocator()
 
     rng = np.random.default_rng(0)
     dtype = args.dtype
@@ -103,7 +106,7 @@ def main(argv=None):
                         lens_light=[tsl.SersicEllipse(b_n="lenstronomy", dtype=dtype)], psf=psf)
 
     results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "tensorflow": tf.__version__, "dtype": dtype}
+               "tensorflow": tf.__version__, "dtype": dtype, "allocator_tuned": tuned}
 
     # ---------------------------------------------------------------- lenstronomy
     import lenstronomy
@@ -171,7 +174,7 @@ def main(argv=None):
     print(f"\nConfiguration: {NUM_PIX}x{NUM_PIX} px at {PIX}\", supersample {SS}, EPL+SHEAR, "
           f"SERSIC_ELLIPSE lens light + source, {KSIZE}x{KSIZE} Gaussian PSF FWHM {FWHM}\" "
           f"({dtype}, {results['cpus']} CPUs, TF {tf.__version__}, lenstronomy "
-          f"{results['lenstronomy']})")
+          f"{results['lenstronomy']}, malloc tuned: {tuned})")
     print(f"max |tfstronglens - lenstronomy| / max(image) = {rel:.2e}")
     print(f"{'code':48s} {'images/s':>10s} {'x lenstronomy EPL':>18s}")
     for key, val in results.items():

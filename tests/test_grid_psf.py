@@ -126,20 +126,23 @@ def test_convolve_matches_scipy_fftconvolve_same(dtype, tol, k, shape, rng):
     ref = ref.reshape(shape)
     scale = np.max(np.abs(ref))
     img_t = tf.constant(img, dtype)
-    outs = {m: tsl.convolve(img_t, ker, method=m).numpy() for m in ("direct", "fft", "auto")}
+    outs = {m: tsl.convolve(img_t, ker, method=m).numpy()
+            for m in ("direct", "shift", "fft", "auto")}
     for m, out in outs.items():
         assert out.shape == shape and out.dtype == dtype.as_numpy_dtype
         assert np.max(np.abs(out - ref)) / scale < 3 * tol, m
     assert np.max(np.abs(outs["direct"] - outs["fft"])) / scale < tol
+    assert np.max(np.abs(outs["shift"] - outs["fft"])) / scale < tol
 
 
 def test_convolve_large_kernel_auto_is_fft_and_jit(rng):
     img = tf.constant(rng.normal(size=(2, 40, 40)))
-    ker = _asym_kernel(21, rng)  # > DIRECT_MAX_SIZE
+    ker = _asym_kernel(21, rng)  # > SHIFT_MAX_SIZE
     ref = np.array([fftconvolve(im, ker, mode="same") for im in img.numpy()])
     np.testing.assert_allclose(tsl.convolve(img, ker).numpy(), ref, atol=1e-12)
-    jitted = tf.function(lambda im: tsl.convolve(im, ker, method="direct"), jit_compile=True)
-    np.testing.assert_allclose(jitted(img).numpy(), ref, atol=1e-12)
+    for method in ("direct", "shift"):
+        jitted = tf.function(lambda im: tsl.convolve(im, ker, method=method), jit_compile=True)
+        np.testing.assert_allclose(jitted(img).numpy(), ref, atol=1e-12)
 
 
 def test_psf_convolution_conserves_flux_away_from_edges(rng):

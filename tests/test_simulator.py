@@ -281,8 +281,9 @@ def test_loglike_gradients_finite_for_every_parameter(dtype):
     sim = make_sim(21, 0.1, 3, dtype=dtype, b_n="ciotti_bertin", jit_compile=False)
     data = sim(lens=LENS, source=SOURCE, lens_light=LENS_LIGHT)
     # a sub-pixel near the middle: exactly (0, 0) for this odd grid
-    k = sim._x.shape[0] // 2
-    centred = dict(center_x=float(sim._x[0, k]), center_y=float(sim._y[k, 0]))
+    xs, ys = sim.grid.coordinates(supersampled=True)
+    k = xs.shape[0] // 2
+    centred = dict(center_x=float(xs[0, k]), center_y=float(ys[k, 0]))
     assert centred == dict(center_x=0.0, center_y=0.0)
     lens, source, light = _params_at_symmetry()
     lens[0].update(centred)

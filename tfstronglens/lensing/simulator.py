@@ -82,7 +82,7 @@ class Simulator:
         self.psf = psf
         self.jit_compile = bool(jit_compile)
         self._kernel = None if psf is None else tf.constant(psf.kernel(grid.pixel_scale), self.dtype)
-        self._x, self._y = grid.coordinates(supersampled=True)
+        self._x, self._y = grid.ray_coordinates()
         # one trace per batch shape (static shapes are what XLA wants); no AutoGraph, as
         # the rendering code has no Python control flow on tensor values
         self._render = tf.function(self._render_impl, jit_compile=self.jit_compile,
@@ -133,7 +133,7 @@ class Simulator:
         return broadcast_shapes(shapes, context="Simulator")
 
     def _expand(self, kind, plist):
-        """Append two unit axes to scalar parameters so they broadcast over [H, W]."""
+        """Append two unit axes to scalar parameters so they broadcast over the rays."""
         out = []
         for prof, p in zip(self.components(kind), plist):
             out.append({
@@ -169,7 +169,7 @@ class Simulator:
         source = self._expand("source", source)
         lens_light = self._expand("lens_light", lens_light)
         sb = self._surface_brightness(self._x, self._y, lens, source, lens_light)
-        img = self.grid.bin(sb) * self.grid.pixel_area
+        img = self.grid.bin_rays(sb) * self.grid.pixel_area
         if convolve_psf and self._kernel is not None:
             img = convolve(img, self._kernel)
         if img.shape.rank == 2:
