@@ -10,7 +10,17 @@ The public API in one import::
 
 __version__ = "0.1.0"
 
-from .lensing import GaussianPSF, PixelGrid, PixelPSF, Simulator, convolve  # noqa: E402
+from . import io, lensing, observation, profiles, runtime, simulation  # noqa: E402
+from .lensing import (  # noqa: E402
+    GaussianPSF,
+    LensingLayer,
+    MoffatPSF,
+    PixelGrid,
+    PixelPSF,
+    Simulator,
+    convolve,
+)
+from .observation import LensCosmology, Observation, SubhaloPopulation  # noqa: E402
 from .profiles import (  # noqa: E402
     EPL,
     NFW,
@@ -31,10 +41,21 @@ from .profiles import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "io",
+    "lensing",
+    "observation",
+    "profiles",
+    "runtime",
+    "simulation",
     "PixelGrid",
     "GaussianPSF",
     "PixelPSF",
+    "MoffatPSF",
     "Simulator",
+    "LensingLayer",
+    "Observation",
+    "LensCosmology",
+    "SubhaloPopulation",
     "convolve",
     "MassProfile",
     "LightProfile",

@@ -1,0 +1,147 @@
+"""TFDS builder ``lens_simulations``: simulated strong lenses with their true parameters.
+
+Each example holds the noisy image ``[N, N, 1]`` (float32, e-/s per pixel), the
+noise-free ``model`` ``[N, N]``, the ``truths`` (a FeaturesDict of float32 scalars named
+like ``lens_0_theta_E``: the generator's ``lens.0.theta_E`` with ``.`` replaced by ``_``)
+and the ``subhalos`` (``mass``, ``center_x``, ``center_y`` ``[n_max]`` float32 and
+``mask`` ``[n_max]`` bool). Configs are named ``{instrument}-{subhalo model}-{num_pix}``
+(plus the tiny ``...-tiny`` one for tests). Every split has a fixed generator seed
+(train 1, validation 2, test 3), so a build is reproducible; the split sizes are those of
+the config. See ``datasets/lens_simulations/README.md`` for the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ..observation import get_instrument
+from ..simulation import LensDatasetGenerator, LensSimulationConfig
+
+__all__ = ["LensSimulations", "LensSimulationsConfig", "SPLIT_SEEDS", "build", "feature_name"]
+
+#: Generator seed of each split.
+SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
+
+
+def feature_name(name: str) -> str:
+    """``lens.0.theta_E`` -> ``lens_0_theta_E`` (TFDS feature names)."""
+    return name.replace(".", "_")
+
+
+@dataclasses.dataclass
+class LensSimulationsConfig(tfds.core.BuilderConfig):
+    """A builder config: the simulation config (minus the seed) and the split sizes."""
+
+    simulation: dict = dataclasses.field(default_factory=dict)
+    num_train: int = 10000
+    num_validation: int = 1000
+    num_test: int = 1000
+    batch_size: int = 64
+
+    def simulation_config(self, seed: int) -> LensSimulationConfig:
+        return LensSimulationConfig.from_dict(dict(self.simulation, seed=seed))
+
+
+def _theta_E_prior(instrument: str, num_pix: int):
+    """The default Einstein-radius prior (0.8-1.6"), shrunk so that rings fit the field."""
+    half = 0.5 * num_pix * get_instrument(instrument)["pixel_scale"]
+    return [min(0.8, 0.5 * half), min(1.6, 0.8 * half)]
+
+
+def _make_config(instrument, subhalos, num_pix, name=None, **kw) -> LensSimulationsConfig:
+    sim = {"instrument": instrument, "num_pix": num_pix, "subhalo_model": subhalos,
+           "lens_model": "epl+shear",
+           "priors": {"theta_E": _theta_E_prior(instrument, num_pix)}}
+    sim.update(kw.pop("simulation", {}))
+    return LensSimulationsConfig(
+        name=name or f"{instrument}-{subhalos}-{num_pix}",
+        description=f"{instrument}, {num_pix}x{num_pix} pixels, EPL+shear, Sersic source and "
+                    f"lens light, subhalos: {subhalos}",
+        simulation=sim, **kw)
+
+
+_CONFIGS = [_make_config(inst, sub, n)
+            for inst in ("hst_acs_f814w", "euclid_vis", "lsst_r")
+            for sub in ("none", "cdm", "wdm")
+            for n in (64, 128)]
+# A tiny config for tests and smoke checks: 32x32 HST-like images, CDM subhalos
+_CONFIGS.append(_make_config("hst_acs_f814w", "cdm", 32, name="hst_acs_f814w-cdm-32-tiny",
+                             num_train=8, num_validation=4, num_test=4, batch_size=4,
+                             simulation={"supersample": 1, "n_max": 8}))
+
+
+class LensSimulations(tfds.core.GeneratorBasedBuilder):
+    """Simulated galaxy-galaxy strong lenses (see the module docs)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = _CONFIGS
+
+    # TFDS finds a builder's source file through ``importlib_resources``, which is not
+    # always installed (tensorflow_datasets 4.9 does not require it); give it directly.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        from etils import epath
+
+        return epath.Path(__file__)
+
+    def _generator(self, seed: int) -> LensDatasetGenerator:
+        return LensDatasetGenerator(self.builder_config.simulation_config(seed))
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        gen = self._generator(0)
+        n, n_max = gen.config.num_pix, gen.config.n_max
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(n, n, 1), dtype=np.float32),
+                "model": tfds.features.Tensor(shape=(n, n), dtype=np.float32),
+                "truths": tfds.features.FeaturesDict({
+                    feature_name(k): tfds.features.Scalar(dtype=np.float32)
+                    for k in gen.truth_names}),
+                "subhalos": tfds.features.FeaturesDict({
+                    "mass": tfds.features.Tensor(shape=(n_max,), dtype=np.float32),
+                    "center_x": tfds.features.Tensor(shape=(n_max,), dtype=np.float32),
+                    "center_y": tfds.features.Tensor(shape=(n_max,), dtype=np.float32),
+                    "mask": tfds.features.Tensor(shape=(n_max,), dtype=np.bool_),
+                }),
+            }),
+            supervised_keys=None,
+            homepage="https://github.com/tfstronglens/tfstronglens",
+            metadata=tfds.core.MetadataDict(simulation=self.builder_config.simulation,
+                                            split_seeds=SPLIT_SEEDS),
+        )
+
+    def _split_generators(self, dl_manager):
+        cfg = self.builder_config
+        sizes = {"train": cfg.num_train, "validation": cfg.num_validation, "test": cfg.num_test}
+        return {split: self._generate_examples(split, n) for split, n in sizes.items() if n > 0}
+
+    def _generate_examples(self, split: str, num_examples: int):
+        gen = self._generator(SPLIT_SEEDS[split])
+        bs = self.builder_config.batch_size
+        for k in range(-(-num_examples // bs)):
+            out = gen.generate(k, bs)
+            for j in range(min(bs, num_examples - k * bs)):
+                i = k * bs + j
+                yield f"{split}_{i:07d}", {
+                    "image": out["image"][j, :, :, None].astype(np.float32),
+                    "model": out["model"][j].astype(np.float32),
+                    "truths": {feature_name(name): np.float32(v[j])
+                               for name, v in out["truths"].items()},
+                    "subhalos": {name: v[j] for name, v in out["subhalos"].items()},
+                }
+
+
+def build(config_name: str, data_dir=None) -> "LensSimulations":
+    """Build (download_and_prepare) ``lens_simulations/<config_name>`` into ``data_dir``."""
+    names = [c.name for c in _CONFIGS]
+    if config_name not in names:
+        raise ValueError(f"unknown config {config_name!r}; known: {names}")
+    builder = LensSimulations(config=config_name, data_dir=data_dir)
+    builder.download_and_prepare()
+    return builder
+
