@@ -3,12 +3,11 @@
     TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/simulate_dataset.py [--batch-size 256]
         [--num-batches 5] [--subhalos none,cdm] [--supersample 2] [--instrument euclid_vis]
 
-Measured on the 2-core development CPU (shared, load ~2), batch 256, euclid_vis 64x64,
-EPL+shear, Sersic source and lens light: ~290 images/s at supersample 2, ~880 images/s
-at supersample 1, ~440 images/s at supersample 1 with up to 8 CDM subhalos (TNFW), ~18
-images/s at supersample 2 with up to 32 subhalos (each subhalo is evaluated on every
-sub-pixel). The per-sub-pixel work (ray tracing, two Sersic profiles) and the noise and
-PSF passes dominate; thousands of images/s need more cores or a GPU.
+Measured on the 2-core development CPU (idle, malloc tuned), batch 256, euclid_vis 64x64,
+EPL+shear, Sersic source and lens light, supersample 2: 483 images/s without subhalos,
+185 images/s with up to 8 CDM subhalos (TNFW; each subhalo is evaluated on every
+sub-pixel). Rendering alone runs at ~4800 images/s (benchmarks/simulate.py), so the
+S/N normalisation, noise and prior draws dominate: the open item for "thousands/s".
 
 Times ``LensDatasetGenerator.generate_tensors`` (one XLA-compiled call per batch:
 prior draws, ray tracing, Sersic source and lens light, PSF convolution, two S/N
@@ -37,6 +36,9 @@ def main():
     p.add_argument("--lens-model", default="epl+shear", choices=["epl+shear", "sie+shear"])
     p.add_argument("--no-lens-light", action="store_true")
     args = p.parse_args()
+    from tfstronglens.runtime import tune_cpu_allocator
+
+    print(f"malloc tuned: {tune_cpu_allocator()}")
     for sub in args.subhalos.split(","):
         cfg = LensSimulationConfig(instrument=args.instrument, num_pix=args.num_pix,
                                    supersample=args.supersample, subhalo_model=sub,
