@@ -276,6 +276,42 @@ def psf_from_config(config):
     raise ValueError(f"psf config type must be 'gaussian', 'moffat' or 'pixel', got {kind!r}")
 
 
+def _shift_sum(flat, kernel, h, w):
+    """``sum_{a,b} kernel[a, b] image[i - a + c, j - b + c]`` as a sum of ``k^2`` shifted,
+    scaled copies of the zero-padded image: pure elementwise work that XLA fuses into one
+    loop (single-channel ``conv2d`` is slow on XLA:CPU)."""
+    k = kernel.shape[-1]
+    c = (k - 1) // 2
+    padded = tf.pad(flat, [[0, 0], [c, c], [c, c]])
+    out = None
+    for a in range(k):
+        for b in range(k):
+            term = kernel[a, b] * padded[:, 2 * c - a: 2 * c - a + h, 2 * c - b: 2 * c - b + w]
+            out = term if out is None else out + term
+    return out
+
+
+def _shift_convolve(flat, kernel, h, w):
+    """Shift-and-add convolution whose gradient is the adjoint convolution.
+
+    The adjoint of "same" zero-padded convolution with an odd kernel is the same operation
+    with the flipped kernel, so the backward pass is another fused shift-and-add (autodiff
+    of the forward sum instead builds k^2 padded copies, which XLA:CPU sums slowly). The
+    kernel is treated as a constant and gets no gradient; use ``method="fft"`` or
+    ``"direct"`` to differentiate with respect to a PSF kernel.
+    """
+    flipped = tf.reverse(kernel, axis=[0, 1])
+
+    @tf.custom_gradient
+    def conv(x):
+        def grad(g):
+            return _shift_convolve(g, flipped, h, w)
+
+        return _shift_sum(x, kernel, h, w), grad
+
+    return conv(flat)
+
+
 def convolve(image, kernel, method: str = "auto"):
     r"""Convolve images ``[..., H, W]`` with an odd-sized kernel ``[k, k]``.
 
@@ -312,15 +348,7 @@ def convolve(image, kernel, method: str = "auto"):
         filt = tf.reverse(kernel, axis=[0, 1])[:, :, None, None]
         out = tf.nn.conv2d(flat[..., None], filt, strides=1, padding="SAME")[..., 0]
     elif method == "shift":
-        # sum of k^2 shifted, scaled copies of the zero-padded image: pure elementwise work
-        # that XLA fuses into one loop (single-channel conv2d is slow on XLA:CPU)
-        c = (k - 1) // 2
-        padded = tf.pad(flat, [[0, 0], [c, c], [c, c]])
-        out = None
-        for a in range(k):
-            for b in range(k):
-                term = kernel[a, b] * padded[:, 2 * c - a: 2 * c - a + h, 2 * c - b: 2 * c - b + w]
-                out = term if out is None else out + term
+        out = _shift_convolve(flat, kernel, h, w)
     else:
         ph, pw = h + k - 1, w + k - 1
         fi = tf.signal.rfft2d(flat, fft_length=[ph, pw])

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from .._validation import as_tensor, broadcast_shapes
 from ..profiles.base import LightProfile, MassProfile, get_profile
+from ._barrier import materialize
 from .grid import PixelGrid
 from .psf import PSF, convolve, psf_from_config
 
@@ -169,7 +170,7 @@ class Simulator:
         source = self._expand("source", source)
         lens_light = self._expand("lens_light", lens_light)
         sb = self._surface_brightness(self._x, self._y, lens, source, lens_light)
-        img = self.grid.bin_rays(sb) * self.grid.pixel_area
+        img = materialize(self.grid.bin_rays(materialize(sb)) * self.grid.pixel_area)
         if convolve_psf and self._kernel is not None:
             img = convolve(img, self._kernel)
         if img.shape.rank == 2:

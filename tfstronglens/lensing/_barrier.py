@@ -1,0 +1,34 @@
+"""An XLA optimization barrier that also applies to the gradient."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+try:  # the tf2xla op; present in every TensorFlow build with XLA
+    from tensorflow.compiler.tf2xla.python.xla import optimization_barrier as _opt_barrier
+except ImportError:  # pragma: no cover
+    _opt_barrier = None
+
+
+@tf.custom_gradient
+def materialize(x):
+    """Identity that XLA must compute in full before any consumer reads it (forward) and
+    whose incoming gradient is likewise computed once (backward).
+
+    XLA fuses cheap elementwise producers into every consumer. In the backward pass of a
+    rendering that made XLA:CPU recompute the PSF adjoint (k^2 shifted copies) inside each
+    of the per-parameter pixel reductions; a barrier on the sub-pixel surface brightness
+    stops that. Values are unchanged.
+    """
+
+    def grad(g):
+        return _apply(g)
+
+    return _apply(x), grad
+
+
+def _apply(x):
+    if _opt_barrier is None:
+        return tf.identity(x)
+    out = _opt_barrier(x)
+    return out[0] if isinstance(out, (list, tuple)) else out
