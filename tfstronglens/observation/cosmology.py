@@ -259,10 +259,8 @@ class LensCosmology:
         ``LensCosmo.nfw_physical2angle`` (see the class docstring).
         """
         be = _Backend(M200, c)
-        if is_concrete(M200):
-            check_positive(M200, "M200")
-        if is_concrete(c):
-            check_positive(c, "c")
+        check_positive(M200, "M200")
+        check_positive(c, "c")
         M = be.convert(M200, "M200")
         c = be.convert(c, "c")
         xp = be.xp
@@ -283,10 +281,8 @@ class LensCosmology:
         tensor inputs give tensors of their own dtype.
         """
         be = _Backend(Rs, alpha_Rs)
-        if is_concrete(Rs):
-            check_positive(Rs, "Rs")
-        if is_concrete(alpha_Rs):
-            check_positive(alpha_Rs, "alpha_Rs")
+        check_positive(Rs, "Rs")
+        check_positive(alpha_Rs, "alpha_Rs")
         Rs_t = be.convert(Rs, "Rs")
         a_t = be.convert(alpha_Rs, "alpha_Rs")
         Rs64 = tf.cast(tf.convert_to_tensor(Rs_t), tf.float64)
@@ -306,8 +302,7 @@ class LensCosmology:
         """Einstein radius [arcsec] of a point mass ``M`` [M_sun]:
         ``theta_E = sqrt(M / (pi Sigma_crit_angle)) = sqrt(4 G M D_ds / (c^2 D_d D_s))``."""
         be = _Backend(M)
-        if is_concrete(M):
-            check_positive(M, "M", allow_zero=True)
+        check_positive(M, "M", allow_zero=True)
         M = be.convert(M, "M")
         return be.out(be.xp.sqrt(M / (math.pi * self._sigma_crit_angle)))
 
@@ -323,8 +318,7 @@ class LensCosmology:
 
     def _pi_theta2_sigma(self, theta_E):
         be = _Backend(theta_E)
-        if is_concrete(theta_E):
-            check_positive(theta_E, "theta_E", allow_zero=True)
+        check_positive(theta_E, "theta_E", allow_zero=True)
         t = be.convert(theta_E, "theta_E")
         return be.out(math.pi * self._sigma_crit_angle * t * t)
 
@@ -332,8 +326,7 @@ class LensCosmology:
         """SIS Einstein radius [arcsec] from the velocity dispersion ``sigma_v`` [km/s]:
         ``theta_E = 4 pi (sigma_v / c)^2 D_ds / D_s``."""
         be = _Backend(sigma_v)
-        if is_concrete(sigma_v):
-            check_positive(sigma_v, "sigma_v", allow_zero=True)
+        check_positive(sigma_v, "sigma_v", allow_zero=True)
         s = be.convert(sigma_v, "sigma_v")
         return be.out(self._sis_K * s * s)
 
@@ -341,8 +334,7 @@ class LensCosmology:
         """SIS velocity dispersion [km/s] from the Einstein radius ``theta_E`` [arcsec]
         (inverse of :meth:`sis_sigma_v2theta_E`)."""
         be = _Backend(theta_E)
-        if is_concrete(theta_E):
-            check_positive(theta_E, "theta_E", allow_zero=True)
+        check_positive(theta_E, "theta_E", allow_zero=True)
         t = be.convert(theta_E, "theta_E")
         return be.out(be.xp.sqrt(t / self._sis_K))
 

@@ -114,10 +114,8 @@ class Duffy08Concentration:
     def __call__(self, M, z):
         """Median concentration for mass ``M`` [M_sun] at redshift ``z``."""
         be = _Backend(M, z)
-        if is_concrete(M):
-            check_positive(M, "M")
-        if is_concrete(z):
-            check_positive(z, "z", allow_zero=True)
+        check_positive(M, "M")
+        check_positive(z, "z", allow_zero=True)
         M = be.convert(M, "M")
         z = be.convert(z, "z")
         xp = be.xp
@@ -130,8 +128,7 @@ class Duffy08Concentration:
         deviation of ``log10 c`` equal to ``scatter_dex`` (default: Duffy's value for the
         sample, 0.15 or 0.11). ``dtype`` defaults to the tensor inputs' or float32."""
         scatter = self.scatter_dex if scatter_dex is None else scatter_dex
-        if is_concrete(scatter):
-            check_positive(scatter, "scatter_dex")
+        check_positive(scatter, "scatter_dex")
         if dtype is None:
             be = _Backend(M, z)
             dtype = be.dtype if be.tf else tf.float32
@@ -174,12 +171,9 @@ def tidal_radius(m, r3d, M_enclosed, dlnM_dlnr=1.0, centrifugal: bool = False):
       centrifugal: include the centrifugal term (``k = 1``).
     """
     be = _Backend(m, r3d, M_enclosed, dlnM_dlnr)
-    if is_concrete(m):
-        check_positive(m, "m")
-    if is_concrete(r3d):
-        check_positive(r3d, "r3d", allow_zero=True)
-    if is_concrete(M_enclosed):
-        check_positive(M_enclosed, "M_enclosed")
+    check_positive(m, "m")
+    check_positive(r3d, "r3d", allow_zero=True)
+    check_positive(M_enclosed, "M_enclosed")
     k = 3.0 if centrifugal else 2.0
     if is_concrete(dlnM_dlnr):
         slope = np.asarray(dlnM_dlnr.numpy() if hasattr(dlnM_dlnr, "numpy") else dlnM_dlnr)
@@ -208,10 +202,8 @@ def isothermal_enclosed_mass(r3d, theta_E, sigma_crit_angle):
     (``Sigma_crit_angle`` in M_sun/arcsec^2, :attr:`LensCosmology.sigma_crit_angle`).
     """
     be = _Backend(r3d, theta_E)
-    if is_concrete(r3d):
-        check_positive(r3d, "r3d", allow_zero=True)
-    if is_concrete(theta_E):
-        check_positive(theta_E, "theta_E")
+    check_positive(r3d, "r3d", allow_zero=True)
+    check_positive(theta_E, "theta_E")
     check_positive(sigma_crit_angle, "sigma_crit_angle")
     r = be.convert(r3d, "r3d")
     t = be.convert(theta_E, "theta_E")
@@ -242,12 +234,9 @@ def truncation_radius_isothermal(m, r3d, theta_E, lens_cosmology: LensCosmology,
     if not isinstance(lens_cosmology, LensCosmology):
         raise ValueError(f"lens_cosmology must be a LensCosmology, got {lens_cosmology!r}")
     be = _Backend(m, r3d, theta_E)
-    if is_concrete(m):
-        check_positive(m, "m")
-    if is_concrete(r3d):
-        check_positive(r3d, "r3d", allow_zero=True)
-    if is_concrete(theta_E):
-        check_positive(theta_E, "theta_E")
+    check_positive(m, "m")
+    check_positive(r3d, "r3d", allow_zero=True)
+    check_positive(theta_E, "theta_E")
     m = be.convert(m, "m")
     r = be.convert(r3d, "r3d")
     t = be.convert(theta_E, "theta_E")
