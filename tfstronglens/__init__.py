@@ -11,6 +11,7 @@ The public API in one import::
 __version__ = "0.1.0"
 
 from . import io, lensing, observation, profiles, runtime, simulation  # noqa: E402
+from . import models  # noqa: E402  (Keras VAE galaxy source model)
 from .lensing import (  # noqa: E402
     GaussianPSF,
     LensingLayer,
@@ -47,6 +48,7 @@ __all__ = [
     "profiles",
     "runtime",
     "simulation",
+    "models",
     "PixelGrid",
     "GaussianPSF",
     "PixelPSF",

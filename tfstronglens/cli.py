@@ -14,6 +14,15 @@ Commands
     config for ``--instrument``, and write ``image_00000.fits``... and ``truths.ecsv`` into
     ``--out`` (:func:`tfstronglens.simulation.write_dataset`).
 
+``train-vae``
+    Train the galaxy VAE (:func:`tfstronglens.models.train_vae`) on ``--dataset``
+    (``synthetic_galaxies`` or ``cosmos_galaxies``, TFDS, with ``--config``,
+    ``--data-dir``, ``--manual-dir``; or a directory written by ``tf.data.Dataset.save``)
+    and write ``vae.keras``, ``saved_model/``, ``report.json`` and PNG figures into
+    ``--out``. A checkpoint is written every epoch; running the same command again on that
+    directory resumes it (a non-empty ``--out`` is refused unless it is such a checkpoint
+    directory or ``--overwrite`` is given, which starts afresh).
+
 Exit codes: 0 on success, 2 for bad arguments or a refused overwrite, 1 when writing
 fails.
 """
@@ -143,6 +152,52 @@ def build_parser() -> argparse.ArgumentParser:
                     help="images rendered per compiled call (default: %(default)s)")
     ds.add_argument("--no-progress", action="store_true", help="no progress bar")
     ds.set_defaults(func=_simulate_dataset)
+
+    tv = sub.add_parser(
+        "train-vae",
+        help="train the galaxy VAE: DIR/vae.keras, DIR/saved_model/, DIR/report.json",
+        description="Train the galaxy variational autoencoder on a galaxy dataset and write "
+                    "the model (DIR/vae.keras, SavedModels in DIR/saved_model/), a report "
+                    "(DIR/report.json: held-out reconstruction chi2 per pixel, fraction of "
+                    "galaxies reconstructed within the noise) and figures "
+                    "(DIR/reconstructions.png, DIR/prior_samples.png). Checkpoints are "
+                    "written to DIR/checkpoint/ after every epoch: if DIR holds one, the "
+                    "command resumes from it (up to --epochs in total). A non-empty DIR "
+                    "without checkpoint is refused unless --overwrite is given; --overwrite "
+                    "also discards an existing checkpoint and starts afresh.",
+    )
+    tv.add_argument("--dataset", required=True, metavar="NAME",
+                    help="synthetic_galaxies or cosmos_galaxies (TFDS; 'name/config' works "
+                         "too), or a directory written by tf.data.Dataset.save")
+    tv.add_argument("--config", default=None, metavar="NAME",
+                    help="TFDS builder config, e.g. 64 or tiny (default: the builder's first)")
+    tv.add_argument("--data-dir", default=None, metavar="D", help="TFDS data directory")
+    tv.add_argument("--manual-dir", default=None, metavar="D",
+                    help="TFDS manual directory (cosmos_galaxies reads the GalSim catalog there)")
+    tv.add_argument("--out", required=True, metavar="DIR",
+                    help="output directory, created if needed")
+    tv.add_argument("--overwrite", action="store_true",
+                    help="write into a non-empty DIR; discard a checkpoint there and start afresh")
+    tv.add_argument("--epochs", type=_positive_int(100_000), default=20, metavar="N",
+                    help="total number of epochs (default: %(default)s)")
+    tv.add_argument("--batch-size", type=_positive_int(65536), default=64, metavar="B",
+                    help="images per step (default: %(default)s)")
+    tv.add_argument("--latent-dim", type=_positive_int(4096), default=64, metavar="K",
+                    help="latent dimension (default: %(default)s)")
+    tv.add_argument("--learning-rate", type=_positive_float, default=1e-3, metavar="LR",
+                    help="Adam learning rate (default: %(default)s)")
+    tv.add_argument("--kl-warmup-steps", type=_seed, default=1000, metavar="N",
+                    help="steps of linear KL warm-up, 0 for none (default: %(default)s)")
+    tv.add_argument("--beta", type=_positive_float, default=1.0, metavar="B",
+                    help="weight of the KL term (default: %(default)s)")
+    tv.add_argument("--max-examples", type=_positive_int(10**9), default=None, metavar="N",
+                    help="use at most N training examples")
+    tv.add_argument("--seed", type=_seed, default=None, metavar="S",
+                    help="seed of weight initialisation, shuffling and sampling")
+    tv.add_argument("--jit-compile", action="store_true",
+                    help="compile the training step with XLA (GPU/TPU; slow to compile on CPU)")
+    tv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tv.set_defaults(func=_train_vae)
     return parser
 
 
@@ -280,6 +335,40 @@ def _simulate_dataset(args) -> int:
     print(f"wrote {len(paths) - 1} images and {paths[-1]} ({config.instrument}, "
           f"{config.num_pix}x{config.num_pix}, {config.lens_model}, subhalos "
           f"{config.subhalo_model}, seed {config.seed})")
+    return 0
+
+
+def _train_vae(args) -> int:
+    from tfstronglens.models import train_vae
+    from tfstronglens.models.training import is_checkpoint_dir
+
+    out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _UserError(f"--out {out!r} exists and is not a directory")
+    if (os.path.isdir(out) and os.listdir(out) and not args.overwrite
+            and not is_checkpoint_dir(out)):
+        raise _UserError(f"output directory {out!r} is not empty and is not a train-vae "
+                         "checkpoint directory; pass --overwrite to write into it anyway")
+    dataset = args.dataset
+    if os.path.isdir(dataset):
+        if args.config is not None:
+            raise _UserError("--config applies to TFDS dataset names, not to the saved "
+                             f"tf.data directory {dataset!r}")
+    report = train_vae(
+        dataset, out, epochs=args.epochs, batch_size=args.batch_size,
+        latent_dim=args.latent_dim, learning_rate=args.learning_rate,
+        kl_warmup_steps=args.kl_warmup_steps, beta=args.beta, resume=True,
+        progress=not args.no_progress, max_examples=args.max_examples,
+        data_dir=args.data_dir, manual_dir=args.manual_dir, config=args.config,
+        jit_compile=args.jit_compile, overwrite=args.overwrite, seed=args.seed,
+    )
+    chi2 = report["chi2_per_pixel"]
+    print(f"trained {report['epochs']} epochs on {report['num_train']} galaxies "
+          f"({report['dataset']}); held-out ({report['num_heldout']}) chi2/pixel median "
+          f"{chi2['median']:.3f} (16-84%: {chi2['p16']:.3f}-{chi2['p84']:.3f}), "
+          f"{100 * report['fraction_within_noise']:.1f}% within the noise")
+    print(f"wrote {os.path.join(out, 'vae.keras')}, {os.path.join(out, 'saved_model')}, "
+          f"{os.path.join(out, 'report.json')}")
     return 0
 
 

@@ -1,0 +1,29 @@
+"""Learned models (Keras 3): the galaxy variational autoencoder and its lensing source.
+
+* :class:`VAE`: a convolutional VAE with a noise-aware Gaussian likelihood (TFP);
+  :func:`make_encoder`, :func:`make_decoder` build its networks.
+* :class:`VAESource`: a trained decoder as a differentiable source light profile
+  (parameters ``z``, ``amp``, ``center_x``, ``center_y``) for the
+  :class:`~tfstronglens.Simulator`.
+* :func:`train_vae`: train on a galaxy dataset with checkpoints, resume and a report.
+* :func:`load_pretrained_vae`: a VAE shipped with the package.
+"""
+
+from .vae import NORMALIZATIONS, VAE, check_image_size, make_decoder, make_encoder
+from .source import VAESource, load_decoder
+from ._pretrained import PRETRAINED_MODELS, load_pretrained_vae, pretrained_path
+from .training import train_vae
+
+__all__ = [
+    "VAE",
+    "VAESource",
+    "make_encoder",
+    "make_decoder",
+    "check_image_size",
+    "NORMALIZATIONS",
+    "load_decoder",
+    "train_vae",
+    "load_pretrained_vae",
+    "pretrained_path",
+    "PRETRAINED_MODELS",
+]

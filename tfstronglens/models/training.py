@@ -1,0 +1,573 @@
+"""Train the galaxy VAE: data loading, checkpoints that resume, and a final report."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import numbers
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..io._atomic import atomic_output
+from .vae import VAE
+
+__all__ = ["train_vae", "load_galaxy_dataset", "within_noise_threshold", "STATE_FILE",
+           "CHECKPOINT_DIR", "is_checkpoint_dir"]
+
+#: Subdirectory of ``out_dir`` that holds the epoch checkpoints and the resume state.
+CHECKPOINT_DIR = "checkpoint"
+#: The resume state file inside :data:`CHECKPOINT_DIR`.
+STATE_FILE = "state.json"
+_COMMAND = "tfstronglens.models.train_vae"
+_GALAXY_DATASETS = ("synthetic_galaxies", "cosmos_galaxies")
+# Hyperparameters a resumed run must share with its checkpoint.
+_ARCH_KEYS = ("image_size", "latent_dim", "base_filters", "max_filters", "normalization")
+_CACHE_BYTES = 2 * 1024**3  # cache the decoded training set in memory below this size
+
+
+def within_noise_threshold(num_pixels: int) -> float:
+    r"""The chi^2-per-pixel bound below which a reconstruction is "within the noise".
+
+    For a perfect model, ``chi2/Npix = (1/Npix) sum_p ((x_p - m_p)/sigma)^2`` has mean 1
+    and standard deviation ``sqrt(2 / Npix)`` (a chi^2 with ``Npix`` degrees of freedom
+    over ``Npix``); the bound is the 3-sigma upper limit ``1 + 3 sqrt(2 / Npix)``.
+    """
+    return 1.0 + 3.0 * math.sqrt(2.0 / float(num_pixels))
+
+
+def is_checkpoint_dir(out_dir) -> bool:
+    """True when ``out_dir`` holds a resumable checkpoint written by :func:`train_vae`."""
+    state = _read_state(os.fspath(out_dir))
+    return state is not None
+
+
+def _read_state(out_dir):
+    path = os.path.join(out_dir, CHECKPOINT_DIR, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as fh:
+            state = json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(state, dict) or state.get("command") != _COMMAND:
+        return None
+    ckpt = os.path.join(out_dir, CHECKPOINT_DIR, str(state.get("checkpoint", "")))
+    return state if os.path.isfile(ckpt) else None
+
+
+def _read_report(out_dir):
+    try:
+        with open(os.path.join(out_dir, "report.json")) as fh:
+            report = json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def _write_json(path, data):
+    with atomic_output(path, overwrite=True) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+
+
+# ------------------------------------------------------------------------- data
+def _to_pair(example):
+    """``(image [S, S], noise_std [])`` float32 from a feature dict or a tuple."""
+    if isinstance(example, dict):
+        image, noise = example["image"], example["noise_std"]
+    else:
+        image, noise = example[0], example[1]
+    image = tf.cast(image, tf.float32)
+    if image.shape.rank == 3:
+        image = image[..., 0]
+    return image, tf.reshape(tf.cast(noise, tf.float32), [])
+
+
+def _check_element_spec(ds, what):
+    spec = ds.element_spec
+    if isinstance(spec, dict):
+        missing = [k for k in ("image", "noise_std") if k not in spec]
+        if missing:
+            raise ValueError(f"{what}: examples must have the features 'image' and 'noise_std'; "
+                             f"missing {missing} (features: {sorted(spec)})")
+        img, noise = spec["image"], spec["noise_std"]
+    elif isinstance(spec, tuple) and len(spec) >= 2:
+        img, noise = spec[0], spec[1]
+    else:
+        raise ValueError(f"{what}: examples must be feature dicts {{'image', 'noise_std', ...}} "
+                         f"or (image, noise_std) tuples, got element_spec {spec!r}")
+    shape = img.shape
+    if shape.rank == 3 and shape[-1] == 1:
+        shape = shape[:2]
+    if shape.rank != 2 or shape[0] is None or shape[0] != shape[1]:
+        raise ValueError(f"{what}: 'image' must be a single unbatched square stamp [S, S] (or "
+                         f"[S, S, 1]) with a static size, got shape {img.shape.as_list()}; "
+                         "unbatch the dataset (ds.unbatch()) if it is batched")
+    if not img.dtype.is_floating:
+        raise ValueError(f"{what}: 'image' must be floating point, got {img.dtype.name}")
+    if noise.shape.num_elements() != 1:
+        raise ValueError(f"{what}: 'noise_std' must be a scalar per example, got shape "
+                         f"{noise.shape.as_list()}")
+    return int(shape[0])
+
+
+def _cardinality(ds):
+    n = int(ds.cardinality())
+    if n >= 0:
+        return n
+    if n == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError("the dataset is infinite (e.g. repeat()); pass a finite dataset and "
+                         "set epochs instead")
+    return int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+
+
+def load_galaxy_dataset(name: str, split: str = "train", *, data_dir=None, manual_dir=None,
+                        config=None):
+    """Load a galaxy TFDS dataset (``synthetic_galaxies`` or ``cosmos_galaxies``) or a
+    directory written by ``tf.data.Dataset.save``.
+
+    Args:
+      name: dataset name, optionally with a config (``"synthetic_galaxies/tiny"``), or the
+        path of a saved ``tf.data`` directory (whose elements are feature dicts).
+      split: TFDS split (ignored for a saved directory).
+      data_dir: TFDS data directory (default: TFDS's).
+      manual_dir: directory of manually downloaded files (``cosmos_galaxies`` reads the
+        GalSim COSMOS catalog from there; nothing is downloaded).
+      config: builder config name (alternative to ``name/config``).
+
+    Returns:
+      ``(dataset, builder_or_None)``: an unbatched ``tf.data.Dataset`` of feature dicts.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise ValueError(f"dataset must be a dataset name {_GALAXY_DATASETS}, a saved tf.data "
+                         f"directory or a tf.data.Dataset, got {name!r}")
+    name = os.fspath(name)
+    if os.path.isdir(name):
+        try:
+            return tf.data.Dataset.load(name), None
+        except Exception as exc:  # noqa: BLE001 - report which directory failed
+            raise ValueError(f"dataset {name!r} is a directory but not a saved tf.data dataset "
+                             f"(tf.data.Dataset.save): {exc}") from None
+    base = name.split("/")[0].split(":")[0]
+    if base not in _GALAXY_DATASETS:
+        raise ValueError(f"dataset must be one of {_GALAXY_DATASETS} (optionally 'name/config'), "
+                         f"a saved tf.data directory or a tf.data.Dataset, got {name!r}")
+    import tensorflow_datasets as tfds
+
+    from .. import datasets as _datasets  # noqa: F401  (registers the builders)
+
+    full = name if config is None else f"{base}/{config}"
+    try:
+        builder = tfds.builder(full, data_dir=data_dir)
+    except Exception as exc:  # noqa: BLE001 - TFDS raises several types for unknown names
+        raise ValueError(f"cannot make the TFDS builder {full!r}: {exc}") from None
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    builder.download_and_prepare(download_config=download_config)
+    if split not in builder.info.splits:
+        raise ValueError(f"dataset {full!r} has no split {split!r}; splits: "
+                         f"{sorted(builder.info.splits)}")
+    return builder.as_dataset(split=split, shuffle_files=False), builder
+
+
+def _resolve_data(dataset, validation, max_examples, data_dir, manual_dir, config):
+    """``(train_pairs, heldout_pairs, n_train, n_heldout, image_size, description)``."""
+    builder = None
+    if isinstance(dataset, tf.data.Dataset):
+        source, description = dataset, "tf.data.Dataset"
+    else:
+        source, builder = load_galaxy_dataset(dataset, "train", data_dir=data_dir,
+                                              manual_dir=manual_dir, config=config)
+        description = os.fspath(dataset) if builder is None else builder.info.full_name
+    size = _check_element_spec(source, "dataset")
+    if max_examples is not None:
+        source = source.take(max_examples)
+    heldout = None
+    if isinstance(validation, tf.data.Dataset):
+        heldout = validation
+    elif isinstance(validation, str):
+        if builder is None:
+            raise ValueError(f"validation={validation!r} names a split, which needs a TFDS "
+                             "dataset name; give a fraction, a count or a tf.data.Dataset")
+        if validation not in builder.info.splits:
+            raise ValueError(f"validation split {validation!r} is not in "
+                             f"{sorted(builder.info.splits)}")
+        heldout = builder.as_dataset(split=validation, shuffle_files=False)
+    elif validation is None and builder is not None:
+        for split in ("validation", "test"):
+            if split in builder.info.splits:
+                heldout = builder.as_dataset(split=split, shuffle_files=False)
+                break
+    if heldout is not None:
+        if _check_element_spec(heldout, "validation") != size:
+            raise ValueError("validation stamps do not have the training stamps' size")
+        if max_examples is not None:
+            heldout = heldout.take(max(1, math.ceil(max_examples / 5)))
+        train = source
+    else:
+        n_total = _cardinality(source)
+        frac = 0.1 if validation is None else validation
+        if isinstance(frac, bool) or not isinstance(frac, numbers.Real):
+            raise ValueError(f"validation must be a fraction in (0, 1), a count, a split name or "
+                             f"a tf.data.Dataset, got {validation!r}")
+        if isinstance(frac, numbers.Integral):
+            n_held = int(frac)
+        elif 0 < frac < 1:
+            n_held = max(1, int(round(frac * n_total)))
+        else:
+            raise ValueError(f"validation fraction must be in (0, 1), got {validation!r}")
+        if not 1 <= n_held < n_total:
+            raise ValueError(f"validation={validation!r} holds out {n_held} of {n_total} examples; "
+                             "at least one must be held out and one left for training")
+        heldout, train = source.take(n_held), source.skip(n_held)
+    train = train.map(_to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    heldout = heldout.map(_to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    n_train, n_held = _cardinality(train), _cardinality(heldout)
+    if n_train == 0 or n_held == 0:
+        raise ValueError(f"the dataset gives {n_train} training and {n_held} held-out examples; "
+                         "both must be > 0")
+    return train, heldout, n_train, n_held, size, description
+
+
+# ------------------------------------------------------------------- checkpoints
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: save the full model (with optimizer state) to a new file, then
+    point ``state.json`` at it (each file written to a temporary name and renamed), then
+    delete older checkpoints. A crash at any point leaves a state that names a complete
+    checkpoint."""
+
+    def __init__(self, ckpt_dir, state):
+        super().__init__()
+        self.ckpt_dir = ckpt_dir
+        self.state = state
+
+    def on_epoch_end(self, epoch, logs=None):
+        name = f"ckpt-{epoch + 1:04d}.keras"
+        path = os.path.join(self.ckpt_dir, name)
+        with atomic_output(path, overwrite=True) as tmp:
+            self.model.save(tmp, overwrite=True)
+        record = {k: float(v) for k, v in (logs or {}).items()
+                  if isinstance(v, (numbers.Real, np.floating, np.ndarray, tf.Tensor))
+                  and np.size(v) == 1}
+        self.state["history"].append({"epoch": epoch + 1, **record})
+        self.state["epoch"] = epoch + 1
+        self.state["checkpoint"] = name
+        _write_json(os.path.join(self.ckpt_dir, STATE_FILE), self.state)
+        for old in glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.keras")):
+            if os.path.basename(old) != name:
+                os.remove(old)
+
+
+# ------------------------------------------------------------------------ report
+def _heldout_statistics(vae, heldout, batch_size, max_plot):
+    """Per-galaxy chi2/pixel of the decoded posterior mean, ELBO and KL over ``heldout``."""
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def step(image, noise):
+        noise = tf.reshape(noise, [-1, 1, 1])
+        loglik, kl, _ = vae.elbo_terms(image, noise, training=False)
+        recon = vae.decoder(vae.posterior(image).mean(), training=False)
+        chi2 = tf.reduce_mean(tf.square((image - recon) / noise), axis=[1, 2])
+        return chi2, loglik - kl, kl, recon
+
+    chi2s, elbos, kls, plot = [], [], [], []
+    for image, noise in heldout.batch(batch_size):
+        chi2, elbo, kl, recon = step(image, noise)
+        chi2s.append(chi2.numpy())
+        elbos.append(elbo.numpy())
+        kls.append(kl.numpy())
+        have = sum(len(p[0]) for p in plot)
+        if have < max_plot:
+            k = max_plot - have
+            plot.append((image.numpy()[:k], recon.numpy()[:k], noise.numpy()[:k]))
+    chi2 = np.concatenate(chi2s)
+    originals = np.concatenate([p[0] for p in plot])
+    recons = np.concatenate([p[1] for p in plot])
+    noises = np.concatenate([p[2] for p in plot])
+    return chi2, np.concatenate(elbos), np.concatenate(kls), (originals, recons, noises)
+
+
+def _figure(nrows, ncols, size=1.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size * ncols + 0.6, size * nrows), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save_figure(fig, path):
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def _reconstruction_png(path, originals, recons, noises, chi2):
+    from ..plotting import plot_image
+
+    n = len(originals)
+    fig, axes = _figure(3, n)
+    for j in range(n):
+        vmax = float(np.max(originals[j]))
+        vmin = float(np.min(originals[j]))
+        resid = (originals[j] - recons[j]) / noises[j]
+        plot_image(originals[j], ax=axes[0, j], colorbar=False, vmin=vmin, vmax=vmax)
+        plot_image(recons[j], ax=axes[1, j], colorbar=False, vmin=vmin, vmax=vmax)
+        plot_image(resid, ax=axes[2, j], colorbar=False, cmap="RdBu_r", vmin=-3, vmax=3,
+                   title=f"chi2/pix {chi2[j]:.2f}")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    for ax, label in zip(axes[:, 0], ("original", "reconstruction", "residual / sigma")):
+        ax.set_ylabel(label)
+    fig.suptitle("held-out galaxies: originals / reconstructions (decoded posterior mean) / "
+                 "residuals in noise sigma (colour range +-3)", fontsize=8)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _samples_png(path, samples):
+    from ..plotting import plot_image
+
+    n = len(samples)
+    ncols = int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    fig, axes = _figure(nrows, ncols)
+    for k, ax in enumerate(axes.ravel()):
+        if k < n:
+            plot_image(samples[k], ax=ax, colorbar=False)
+        ax.set_axis_off()
+    fig.suptitle("decoded samples from the prior z ~ N(0, I)", fontsize=9)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+# --------------------------------------------------------------------- training
+def _check_positive_int(value, name, allow_none=False):
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, latent_dim: int = 64,
+              learning_rate: float = 1e-3, kl_warmup_steps: int = 1000, beta: float = 1.0,
+              resume: bool = True, progress: bool = True, validation=None,
+              max_examples: int | None = None, data_dir=None, manual_dir=None, config=None,
+              base_filters: int = 32, max_filters: int = 128, normalization: str = "none",
+              jit_compile: bool = False, strategy=None, overwrite: bool = False, seed=None,
+              num_plot: int = 8, num_samples: int = 16) -> dict:
+    r"""Train a :class:`~tfstronglens.models.VAE` on galaxy stamps, with checkpoints and a report.
+
+    The data are the galaxy feature dicts (``"image"`` ``[S, S]`` normalised so that the
+    noise-free galaxy peaks at ~1, ``"noise_std"`` the per-pixel noise in the same
+    units; other features are ignored). Training runs ``model.fit`` with a Keras progress
+    bar; after every epoch the full model, optimizer state included, is saved to
+    ``out_dir/checkpoint/ckpt-NNNN.keras`` and ``out_dir/checkpoint/state.json`` (epoch,
+    hyperparameters, metrics history) is updated, each through a temporary file renamed
+    into place.
+
+    **Resuming.** If ``out_dir`` holds such a checkpoint and ``resume`` is true, training
+    continues from it (same weights, optimizer state and step count, so the KL warm-up
+    also continues) up to ``epochs`` epochs in total (a finished run with at least
+    ``epochs`` epochs and its report returns that report without doing anything); the
+    architecture arguments must match the checkpoint's. A run that was interrupted is
+    resumed by repeating the call.
+    A non-empty ``out_dir`` without checkpoint is refused (``FileExistsError``) unless
+    ``overwrite=True``; ``overwrite=True`` also discards an existing checkpoint and starts
+    afresh (files other than this function's outputs are left alone).
+
+    **Outputs** in ``out_dir``: ``vae.keras`` (the final model), ``saved_model/encoder`` and
+    ``saved_model/decoder`` (TF SavedModels, :meth:`VAE.export`), ``reconstructions.png``
+    (held-out originals, reconstructions and residuals in units of the noise),
+    ``prior_samples.png`` and ``report.json`` with the held-out statistics:
+
+    * ``chi2_per_pixel``: percentiles (16, 50, 84; ``median`` = 50) and mean over
+      held-out galaxies of ``chi2/Npix = mean_p ((x_p - D(mu(x))_p) / sigma)^2``, the
+      reconstruction from the decoded posterior mean;
+    * ``fraction_within_noise``: fraction of held-out galaxies with ``chi2/Npix <
+      1 + 3 sqrt(2 / Npix)`` (:func:`within_noise_threshold`, the 3-sigma upper limit of a
+      perfect model's chi2/Npix);
+    * ``elbo`` and ``kl``: mean per-galaxy ELBO (nats, one-sample estimate) and KL.
+
+    Args:
+      dataset: ``"synthetic_galaxies"`` or ``"cosmos_galaxies"`` (TFDS names, optionally
+        ``name/config``), the path of a directory saved with ``tf.data.Dataset.save``, or
+        an unbatched ``tf.data.Dataset`` of feature dicts or ``(image, noise_std)``.
+      out_dir: output directory (created if needed).
+      epochs: total number of epochs (a resumed run counts the epochs already done).
+      batch_size: images per step (reduced to the training-set size if larger); the last
+        partial batch of each epoch is dropped (static shapes).
+      latent_dim, base_filters, max_filters, normalization: the architecture
+        (:func:`~tfstronglens.models.make_encoder`); the image size is the data's.
+      learning_rate: Adam learning rate.
+      kl_warmup_steps: optimizer steps of the linear KL warm-up (0 for none).
+      beta: KL weight of the beta-VAE loss.
+      resume: continue from a checkpoint in ``out_dir`` (default True).
+      progress: show Keras' progress bar (default True).
+      validation: the held-out set: ``None`` (the TFDS ``validation`` or ``test`` split,
+        else 10% of the training data), a fraction in (0, 1) or a count of training
+        examples held out, a split name, or a ``tf.data.Dataset``.
+      max_examples: read at most this many training examples (and at most
+        ``ceil(max_examples / 5)`` from a separate held-out split).
+      data_dir, manual_dir, config: TFDS data directory, manual download directory and
+        builder config (see :func:`load_galaxy_dataset`).
+      jit_compile: compile the train step with XLA (on CPU the compilation takes long;
+        useful on GPU/TPU).
+      strategy: a ``tf.distribute`` strategy to build and train the model under.
+      overwrite: see above.
+      seed: seed of the shuffling and of the VAE's sampling noise (and, when not None, of
+        Keras' global random state used for weight initialisation).
+      num_plot, num_samples: galaxies in the reconstruction and prior-sample figures.
+
+    Returns:
+      The report (the content of ``report.json``) as a dict.
+    """
+    epochs = _check_positive_int(epochs, "epochs")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    max_examples = _check_positive_int(max_examples, "max_examples", allow_none=True)
+    num_plot = _check_positive_int(num_plot, "num_plot")
+    num_samples = _check_positive_int(num_samples, "num_samples")
+    if not (isinstance(learning_rate, numbers.Real) and math.isfinite(learning_rate)
+            and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    try:
+        out_dir = os.fspath(out_dir)
+    except TypeError:
+        raise ValueError(f"out_dir must be a path, got {out_dir!r}") from None
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir {out_dir!r} exists and is not a directory")
+    state = _read_state(out_dir) if os.path.isdir(out_dir) else None
+    ckpt_dir = os.path.join(out_dir, CHECKPOINT_DIR)
+    if overwrite:
+        state = None
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    elif os.path.isdir(out_dir) and os.listdir(out_dir):
+        if state is None:
+            raise FileExistsError(
+                f"output directory {out_dir!r} is not empty and holds no train_vae checkpoint; "
+                "pass overwrite=True (--overwrite) to write into it anyway")
+        if not resume:
+            raise FileExistsError(
+                f"output directory {out_dir!r} holds a train_vae checkpoint (epoch "
+                f"{state['epoch']}); pass resume=True to continue it or overwrite=True to "
+                "start afresh")
+
+    train, heldout, n_train, n_held, size, description = _resolve_data(
+        dataset, validation, max_examples, data_dir, manual_dir, config)
+    arch = dict(image_size=size, latent_dim=latent_dim, base_filters=base_filters,
+                max_filters=max_filters, normalization=normalization)
+    if state is not None:
+        mismatch = {k: (state["arch"].get(k), v) for k, v in arch.items()
+                    if state["arch"].get(k) != v}
+        if mismatch:
+            diff = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}"
+                             for k, (a, b) in mismatch.items())
+            raise ValueError(f"the checkpoint in {out_dir!r} was trained with other settings "
+                             f"({diff}); use another out_dir or overwrite=True")
+    batch_size = min(batch_size, n_train)
+    if state is not None and int(state["epoch"]) >= epochs:
+        done = _read_report(out_dir)
+        if done is not None and done.get("epochs") == int(state["epoch"]):
+            if progress:
+                print(f"train_vae: {out_dir!r} is complete ({state['epoch']} epochs >= {epochs}); "
+                      "nothing to do")
+            return done
+    os.makedirs(ckpt_dir, exist_ok=True)
+
+    strategy = strategy or tf.distribute.get_strategy()
+    if seed is not None and state is None:
+        keras.utils.set_random_seed(int(seed))
+    with strategy.scope():
+        if state is not None:
+            vae = keras.models.load_model(os.path.join(ckpt_dir, state["checkpoint"]))
+            initial_epoch = int(state["epoch"])
+            if progress:
+                print(f"train_vae: resuming {out_dir!r} from epoch {initial_epoch} "
+                      f"(checkpoint {state['checkpoint']})")
+        else:
+            vae = VAE(beta=beta, kl_warmup_steps=kl_warmup_steps, seed=seed, **arch)
+            vae.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
+            initial_epoch = 0
+            state = {"command": _COMMAND, "epoch": 0, "checkpoint": None, "arch": arch,
+                     "training": {"batch_size": batch_size, "learning_rate": learning_rate,
+                                  "kl_warmup_steps": kl_warmup_steps, "beta": beta,
+                                  "seed": seed},
+                     "dataset": description, "history": []}
+
+    nbytes = n_train * size * size * 4
+    train_batches = train.cache() if nbytes < _CACHE_BYTES else train
+    train_batches = (train_batches
+                     .shuffle(min(n_train, 10000), seed=seed, reshuffle_each_iteration=True)
+                     .batch(batch_size, drop_remainder=True)
+                     .prefetch(tf.data.AUTOTUNE))
+    heldout = heldout.cache() if n_held * size * size * 4 < _CACHE_BYTES else heldout
+    val_batches = heldout.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    t0 = time.perf_counter()
+    if initial_epoch < epochs:
+        vae.fit(train_batches, epochs=epochs, initial_epoch=initial_epoch,
+                validation_data=val_batches, verbose=1 if progress else 0, shuffle=False,
+                callbacks=[_EpochCheckpoint(ckpt_dir, state)])
+    train_seconds = time.perf_counter() - t0
+
+    # ---------------------------------------------------------- final outputs
+    model_path = os.path.join(out_dir, "vae.keras")
+    with atomic_output(model_path, overwrite=True) as tmp:
+        vae.save(tmp, overwrite=True)
+    export_path = vae.export(os.path.join(out_dir, "saved_model"), overwrite=True)
+
+    chi2, elbo, kl, (orig, recon, noise) = _heldout_statistics(vae, heldout, batch_size, num_plot)
+    npix = size * size
+    threshold = within_noise_threshold(npix)
+    p16, p50, p84 = (float(v) for v in np.percentile(chi2, [16, 50, 84]))
+    recon_png = _reconstruction_png(os.path.join(out_dir, "reconstructions.png"),
+                                    orig, recon, noise, chi2)
+    samples = vae.decode(vae.sample_prior(num_samples, seed=0)).numpy()
+    samples_png = _samples_png(os.path.join(out_dir, "prior_samples.png"), samples)
+    report = {
+        "dataset": description,
+        "epochs": int(state["epoch"]),
+        "num_train": int(n_train),
+        "num_heldout": int(len(chi2)),
+        "image_size": int(size),
+        "latent_dim": int(vae.latent_dim),
+        "chi2_per_pixel": {"median": p50, "p16": p16, "p50": p50, "p84": p84,
+                           "mean": float(np.mean(chi2))},
+        "within_noise_threshold": threshold,
+        "fraction_within_noise": float(np.mean(chi2 < threshold)),
+        "elbo": float(np.mean(elbo)),
+        "kl": float(np.mean(kl)),
+        "definitions": {
+            "chi2_per_pixel": "mean over pixels of ((x - D(mu(x))) / noise_std)^2 per held-out "
+                              "galaxy, D(mu(x)) the decoded posterior mean",
+            "fraction_within_noise": "fraction of held-out galaxies with chi2_per_pixel < "
+                                     "1 + 3 sqrt(2 / Npix)",
+            "elbo": "mean per-galaxy evidence lower bound in nats (one posterior sample)",
+        },
+        "train_seconds_this_call": train_seconds,
+        "history": state["history"],
+        "training": state["training"],
+        "arch": state["arch"],
+        "files": {"model": "vae.keras", "saved_model": os.path.basename(export_path),
+                  "reconstructions": os.path.basename(recon_png),
+                  "prior_samples": os.path.basename(samples_png),
+                  "checkpoint": os.path.join(CHECKPOINT_DIR, STATE_FILE)},
+    }
+    _write_json(os.path.join(out_dir, "report.json"), report)
+    if progress:
+        print(f"train_vae: {report['epochs']} epochs; held-out chi2/pixel median {p50:.3f} "
+              f"(16-84%: {p16:.3f}-{p84:.3f}); within the noise: "
+              f"{100 * report['fraction_within_noise']:.1f}%; wrote {out_dir}")
+    return report
