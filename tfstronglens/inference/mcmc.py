@@ -1,0 +1,722 @@
+"""Hamiltonian Monte Carlo (NUTS or fixed-length HMC) on a generic unconstrained target.
+
+:func:`sample_hmc` runs ``num_chains`` chains of ``tfp.mcmc.NoUTurnSampler`` or
+``tfp.mcmc.HamiltonianMonteCarlo`` in XLA-compiled chunks of steps, adapting the step size
+by dual averaging during burn-in, optionally preconditioned by a covariance estimate (the
+"mass matrix", e.g. the VI posterior covariance), with a progress bar, atomic
+checkpoints that a rerun resumes from, and the diagnostics that tell whether to trust the
+draws (acceptance, divergences, tree depths; R-hat and ESS in :mod:`.diagnostics`).
+
+The target is any ``log_prob_fn(x) -> [num_chains]`` on ``x[num_chains, D]`` in
+unconstrained space; for a lens model that is ``LensModel.unconstrained_log_posterior``.
+Nothing here knows about lensing.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import numbers
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from .._validation import resolve_dtype
+from ..io._atomic import atomic_output, check_output_path
+from . import diagnostics
+
+__all__ = ["sample_hmc", "MCMCResult", "clear_compile_cache"]
+
+tfm = tfp.mcmc
+
+_KERNELS = ("nuts", "hmc")
+_CHECKPOINT_VERSION = 1
+# HMC has no divergence flag of its own; NUTS uses max_energy_diff = 1000 (Stan's value).
+_MAX_ENERGY_ERROR = 1000.0
+# Compiled chunk runners, reused by later calls with the same target and static settings.
+_COMPILE_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+_COMPILE_CACHE_SIZE = 8
+
+
+def clear_compile_cache():
+    """Forget the compiled chunk runners that :func:`sample_hmc` keeps for reuse."""
+    _COMPILE_CACHE.clear()
+
+
+@dataclasses.dataclass
+class MCMCResult:
+    r"""Draws and diagnostics of :func:`sample_hmc`.
+
+    Attributes:
+      samples: ``[num_results, num_chains, D]`` draws of ``x`` (unconstrained space),
+        numpy, in the dtype of the run.
+      log_prob: ``[num_results, num_chains]`` ``log_prob_fn`` at each draw.
+      sample_stats: per-draw sampler statistics ``[num_results, num_chains]``, with
+        ArviZ's names: ``lp`` (= ``log_prob``), ``acceptance_rate`` (mean Metropolis
+        acceptance probability of the transition: over the trajectory for NUTS),
+        ``diverging`` (bool), ``step_size`` (in whitened coordinates, see
+        :func:`sample_hmc`), ``n_steps`` (leapfrog steps = gradient evaluations), and
+        for NUTS ``tree_depth`` (``ceil(log2(n_steps + 1))``) and
+        ``reached_max_treedepth``; for HMC ``energy_error`` (``H(end) - H(start)``).
+      trace: ``name -> [num_results, num_chains, ...]`` from ``trace_fn`` (empty if none).
+      warmup_stats: the same statistics as ``sample_stats`` for the burn-in steps.
+      step_size: ``[num_chains]`` final (adapted) step size.
+      kernel: ``"nuts"`` or ``"hmc"``.
+      timing: seconds: ``total`` (this call), ``warmup``, ``sampling`` (steps run in
+        this call), ``first_chunk`` (includes XLA compilation), ``compile_estimate``
+        (first chunk minus the per-step time of the others, times its steps).
+      resumed_from_step: global step read from the checkpoint (0 for a fresh run).
+    """
+
+    samples: np.ndarray
+    log_prob: np.ndarray
+    sample_stats: dict
+    trace: dict
+    warmup_stats: dict
+    step_size: np.ndarray
+    kernel: str
+    timing: dict
+    resumed_from_step: int = 0
+
+    @property
+    def num_results(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def num_chains(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def acceptance_rate(self) -> np.ndarray:
+        """``[num_chains]`` mean acceptance probability over the kept draws."""
+        return self.sample_stats["acceptance_rate"].mean(axis=0)
+
+    @property
+    def num_divergences(self) -> np.ndarray:
+        """``[num_chains]`` number of divergent transitions among the kept draws."""
+        return self.sample_stats["diverging"].sum(axis=0)
+
+    @property
+    def num_gradient_evaluations(self) -> np.ndarray:
+        """``[num_chains]`` leapfrog steps (gradient evaluations) of the kept draws."""
+        return self.sample_stats["n_steps"].sum(axis=0)
+
+    @property
+    def mean_tree_depth(self):
+        """``[num_chains]`` mean NUTS tree depth (None for HMC)."""
+        if "tree_depth" not in self.sample_stats:
+            return None
+        return self.sample_stats["tree_depth"].mean(axis=0)
+
+    def diagnostics(self) -> dict:
+        """Run-level diagnostics in one dict (numpy values).
+
+        ``acceptance_rate``, ``num_divergences``, ``step_size``, ``mean_tree_depth``
+        (NUTS) and ``gradient_evaluations`` per chain; ``warmup_divergences`` (total);
+        ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` over parameters (Vehtari et al.
+        2021, :mod:`.diagnostics`); ``ess_bulk_per_second`` (``min_ess_bulk`` over the
+        sampling time of this call, None when resumed from a finished checkpoint) and
+        ``ess_bulk_per_gradient`` (over all chains' gradient evaluations).
+        """
+        ess_bulk = diagnostics.effective_sample_size(self.samples, method="bulk")
+        ess_tail = diagnostics.effective_sample_size(self.samples, method="tail")
+        rhat = diagnostics.potential_scale_reduction(self.samples)
+        grads = self.num_gradient_evaluations
+        sampling = self.timing.get("sampling") or 0.0
+        warm_div = self.warmup_stats.get("diverging")
+        return {
+            "acceptance_rate": self.acceptance_rate,
+            "num_divergences": self.num_divergences,
+            "warmup_divergences": int(warm_div.sum()) if warm_div is not None else 0,
+            "step_size": self.step_size,
+            "mean_tree_depth": self.mean_tree_depth,
+            "gradient_evaluations": grads,
+            "max_r_hat": float(np.nanmax(rhat)),
+            "min_ess_bulk": float(np.nanmin(ess_bulk)),
+            "min_ess_tail": float(np.nanmin(ess_tail)),
+            "ess_bulk_per_second": (float(np.nanmin(ess_bulk)) / sampling
+                                    if sampling > 0 and self.resumed_from_step == 0 else None),
+            "ess_bulk_per_gradient": float(np.nanmin(ess_bulk)) / max(float(grads.sum()), 1.0),
+        }
+
+    def summary(self, names=None) -> dict:
+        """:func:`~tfstronglens.inference.diagnostics.summarize` of the draws."""
+        return diagnostics.summarize(self.samples, names=names)
+
+    def save(self, path, names=None, overwrite: bool = False) -> dict:
+        """Write the draws and statistics with :func:`~.diagnostics.save_samples`.
+
+        ``names`` (``D`` names) splits ``x`` into scalar variables; default one variable
+        ``"x"`` of shape ``[D]``.
+        """
+        if names is None:
+            post = {"x": self.samples}
+        else:
+            names = list(names)
+            if len(names) != self.samples.shape[-1]:
+                raise ValueError(
+                    f"names must have {self.samples.shape[-1]} entries, got {len(names)}"
+                )
+            post = {n: self.samples[..., i] for i, n in enumerate(names)}
+        post.update(self.trace)
+        return diagnostics.save_samples(path, post, self.sample_stats, overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------------
+# argument checking
+# ------------------------------------------------------------------------------------
+
+
+def _int_arg(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _seed_arg(seed):
+    if seed is None:
+        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if not 0 <= int(seed) < 2**31:
+            raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+        return np.array([0, int(seed)], np.int32)
+    arr = np.asarray(seed.numpy() if hasattr(seed, "numpy") else seed)
+    if arr.shape != (2,) or arr.dtype.kind not in "iu":
+        raise ValueError(f"seed must be an integer or a pair of integers, got {seed!r}")
+    return arr.astype(np.int32)
+
+
+def _scale_from_mass_matrix(mass_matrix, dim, np_dtype):
+    """('none'|'diag'|'dense', scale) with x = scale * u (diag) or x = L u (dense)."""
+    if mass_matrix is None:
+        return "none", None
+    m = np.asarray(
+        mass_matrix.numpy() if hasattr(mass_matrix, "numpy") else mass_matrix, dtype=np.float64
+    )
+    if not np.all(np.isfinite(m)):
+        raise ValueError("mass_matrix must be finite, got non-finite entries")
+    if m.shape == (dim,):
+        if np.any(m <= 0):
+            raise ValueError(
+                f"mass_matrix (diagonal variances) must be positive, got min {m.min()!r}"
+            )
+        return "diag", np.sqrt(m).astype(np_dtype)
+    if m.shape == (dim, dim):
+        if not np.allclose(m, m.T, rtol=1e-6, atol=1e-12 * np.abs(m).max()):
+            raise ValueError("mass_matrix must be a symmetric [D, D] covariance matrix")
+        try:
+            chol = np.linalg.cholesky(0.5 * (m + m.T))
+        except np.linalg.LinAlgError:
+            raise ValueError("mass_matrix must be positive definite (Cholesky failed)") from None
+        return "dense", chol.astype(np_dtype)
+    raise ValueError(
+        f"mass_matrix must have shape [{dim}] (variances) or [{dim}, {dim}] (covariance), "
+        f"got {list(m.shape)}"
+    )
+
+
+# ------------------------------------------------------------------------------------
+# the compiled chunk
+# ------------------------------------------------------------------------------------
+
+
+def _stat_specs(kernel, trace_shapes):
+    names = ["lp", "acceptance_rate", "diverging", "step_size", "n_steps"]
+    names += ["tree_depth", "reached_max_treedepth"] if kernel == "nuts" else ["energy_error"]
+    return names + [f"trace/{k}" for k in trace_shapes]
+
+
+def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth,
+                       chunk_size, mode, jit_compile):
+    """A tf.function running up to ``chunk_size`` transitions from a given adaptation state.
+
+    Every argument that may change between calls of :func:`sample_hmc` with the same
+    target (initial step size, adaptation length, target acceptance, preconditioner,
+    number of steps in this chunk, seed) is a tensor argument, so that one compilation
+    serves warm-up, sampling, the last short chunk, resumed runs and repeated runs.
+    """
+
+    def to_x(u, scale):
+        if mode == "none":
+            return u
+        if mode == "diag":
+            return u * scale
+        return tf.linalg.matvec(scale, u)
+
+    def run(u, error_sum, log_averaging_step, new_step_size, init_step_size, step0, n_steps,
+            seed, scale, num_adaptation_steps, target_accept):
+        dtype = u.dtype
+
+        def target(v):
+            return log_prob_fn(to_x(v, scale))
+
+        if kernel == "nuts":
+            inner = tfm.NoUTurnSampler(
+                target, step_size=init_step_size, max_tree_depth=max_tree_depth,
+                max_energy_diff=_MAX_ENERGY_ERROR)
+        else:
+            inner = tfm.HamiltonianMonteCarlo(
+                target, step_size=init_step_size, num_leapfrog_steps=num_leapfrog_steps)
+        adaptive = tfm.DualAveragingStepSizeAdaptation(
+            inner, num_adaptation_steps=num_adaptation_steps, target_accept_prob=target_accept)
+        # Fresh results for the current state (one gradient), then the carried
+        # adaptation state: step counter, error sum, averaged and current step size.
+        kr = adaptive.bootstrap_results(u)
+        kr = kr._replace(step=step0, error_sum=[error_sum],
+                         log_averaging_step=[log_averaging_step], new_step_size=new_step_size)
+
+        def record(v, kr):
+            if kernel == "nuts":
+                ir = kr.inner_results
+                lp = ir.target_log_prob
+                lar = ir.log_accept_ratio
+                n = tf.cast(ir.leapfrogs_taken, dtype)
+                rec = {
+                    "lp": lp,
+                    "diverging": ir.has_divergence,
+                    "n_steps": n,
+                    "tree_depth": tf.math.ceil(tf.math.log(n + 1.0) / np.log(2.0) - 1e-3),
+                    "reached_max_treedepth": ir.reach_max_depth,
+                }
+                ss = ir.step_size
+            else:
+                ir = kr.inner_results
+                lp = ir.accepted_results.target_log_prob
+                lar = ir.log_accept_ratio
+                energy_error = -lar
+                rec = {
+                    "lp": lp,
+                    "diverging": ~(tf.math.abs(energy_error) < _MAX_ENERGY_ERROR),
+                    "n_steps": tf.fill(tf.shape(lp), tf.cast(num_leapfrog_steps, dtype)),
+                    "energy_error": energy_error,
+                }
+                ss = ir.accepted_results.step_size
+            rec["acceptance_rate"] = tf.exp(tf.minimum(tf.where(tf.math.is_nan(lar),
+                                                                tf.constant(-np.inf, dtype),
+                                                                lar), 0.0))
+            rec["step_size"] = tf.reshape(ss, [-1])
+            x = to_x(v, scale)
+            rec["x"] = x
+            if trace_fn is not None:
+                for k, val in trace_fn(x).items():
+                    rec[f"trace/{k}"] = tf.convert_to_tensor(val)
+            return rec
+
+        example = record(u, kr)  # bootstrap results have one_step's structure and shapes
+        buffers = {k: tf.zeros([chunk_size] + v.shape.as_list(), v.dtype)
+                   for k, v in example.items()}
+
+        def body(i, v, kr, bufs):
+            s = tf.random.experimental.stateless_fold_in(seed, step0 + i)
+            v, kr = adaptive.one_step(v, kr, seed=s)
+            rec = record(v, kr)
+            bufs = {k: tf.tensor_scatter_nd_update(b, [[i]], rec[k][None])
+                    for k, b in bufs.items()}
+            return i + 1, v, kr, bufs
+
+        _, u, kr, buffers = tf.while_loop(
+            lambda i, *_: i < n_steps, body, (tf.constant(0, tf.int32), u, kr, buffers),
+            maximum_iterations=chunk_size)
+        return u, kr.error_sum[0], kr.log_averaging_step[0], kr.new_step_size, buffers
+
+    return tf.function(run, jit_compile=jit_compile, reduce_retracing=False)
+
+
+def _get_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth, chunk_size,
+                mode, jit_compile, reuse):
+    key = (log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth, chunk_size,
+           mode, bool(jit_compile))
+    if reuse:
+        try:
+            runner = _COMPILE_CACHE.get(key)
+        except TypeError:  # an unhashable callable: no reuse
+            reuse = False
+            runner = None
+        if runner is not None:
+            _COMPILE_CACHE.move_to_end(key)
+            return runner
+    runner = _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps,
+                                max_tree_depth, chunk_size, mode, jit_compile)
+    if reuse:
+        _COMPILE_CACHE[key] = runner
+        while len(_COMPILE_CACHE) > _COMPILE_CACHE_SIZE:
+            _COMPILE_CACHE.popitem(last=False)
+    return runner
+
+
+# ------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------
+
+
+def _save_checkpoint(path, config, step, carry, host, warm):
+    arrays = {
+        "config": np.array(json.dumps(config, sort_keys=True)),
+        "step": np.array(step, np.int64),
+    }
+    arrays.update({f"carry/{k}": v for k, v in carry.items()})
+    arrays.update({f"draws/{k}": v for k, v in host.items()})
+    arrays.update({f"warmup/{k}": v for k, v in warm.items()})
+    with atomic_output(path, overwrite=True) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _load_checkpoint(path, config):
+    with np.load(path, allow_pickle=False) as f:
+        stored = json.loads(str(f["config"]))
+        if stored != config:
+            diff = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+            detail = ", ".join(f"{k}: {stored.get(k)!r} (checkpoint) != {config.get(k)!r}"
+                               for k in diff)
+            raise ValueError(
+                f"checkpoint {path!r} was written by a different run ({detail}); pass another "
+                "checkpoint path or delete it"
+            )
+        step = int(f["step"])
+        carry = {k[6:]: f[k] for k in f.files if k.startswith("carry/")}
+        host = {k[6:]: f[k] for k in f.files if k.startswith("draws/")}
+        warm = {k[7:]: f[k] for k in f.files if k.startswith("warmup/")}
+    return step, carry, host, warm
+
+
+# ------------------------------------------------------------------------------------
+# the sampler
+# ------------------------------------------------------------------------------------
+
+
+def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 1000,
+               kernel: str = "nuts", step_size=0.1, num_leapfrog_steps: int = 10,
+               max_tree_depth: int = 10, mass_matrix=None, target_accept: float = 0.8,
+               seed=None, jit_compile: bool = True, chunk_size: int = 100,
+               progress: bool = True, checkpoint=None, trace_fn=None, strategy=None,
+               callback=None, dtype=None, reuse_compiled: bool = True) -> MCMCResult:
+    r"""Sample ``exp(log_prob_fn)`` with NUTS or HMC, in compiled chunks, with checkpoints.
+
+    #### Mathematical details
+
+    Hamiltonian Monte Carlo (Duane et al. 1987; Neal 2011) augments ``x`` with a momentum
+    ``p ~ N(0, M)`` and follows ``H(x, p) = -log pi(x) + p^T M^{-1} p / 2`` with the
+    leapfrog integrator (step size ``eps``): ``num_leapfrog_steps`` steps then a
+    Metropolis test on ``exp(-Delta H)`` for ``kernel="hmc"``; for ``kernel="nuts"``
+    (Hoffman & Gelman 2014, multinomial variant of Betancourt 2017) the trajectory
+    doubles until it makes a U-turn or reaches ``2**max_tree_depth - 1`` steps.
+
+    **Preconditioning.** ``mass_matrix`` is a *covariance* estimate ``Sigma`` of the
+    posterior (the inverse of HMC's mass matrix ``M``; e.g. the VI or Laplace covariance),
+    either diagonal (``[D]`` variances) or dense (``[D, D]``). With ``Sigma = L L^T``
+    (Cholesky; ``L = diag(sqrt(Sigma_ii))`` for the diagonal), the sampler runs on the
+    whitened coordinates ``u``, ``x = L u`` (explicit reparametrisation; the Jacobian
+    ``log|det L|`` is a constant and is left out), which is identical to HMC on ``x``
+    with ``M = Sigma^{-1}``: a Gaussian posterior of covariance ``Sigma`` becomes a unit
+    Gaussian in ``u``, so one step size fits every direction. (A shift ``x = mu + L u`` is
+    not needed: HMC is translation-equivariant.) Step sizes are in ``u`` units.
+
+    **Step-size adaptation.** During the ``num_burnin`` burn-in steps
+    ``tfp.mcmc.DualAveragingStepSizeAdaptation`` (Nesterov dual averaging as in Stan,
+    Hoffman & Gelman 2014 Sec. 3.2) adapts one step size per chain towards mean
+    acceptance probability ``target_accept``; at the end of burn-in each chain's step size
+    is fixed to its averaged iterate, so the kept draws come from a fixed Markov kernel.
+    Burn-in draws are discarded (their statistics are kept in ``warmup_stats``).
+
+    **Divergences.** A transition whose energy error ``|Delta H|`` exceeds 1000 (NUTS:
+    ``has_divergence``, for HMC the same threshold on ``-log_accept_ratio``) is flagged
+    ``diverging``: the integrator left the typical set, which signals curvature the step
+    size cannot resolve (e.g. the neck of Neal's funnel) and biased draws there.
+
+    #### Chunks, progress, checkpoints, devices
+
+    The ``num_burnin + num_results`` transitions run as a loop of XLA-compiled chunks of
+    at most ``chunk_size`` steps (one compilation serves all chunks: the chunk length is
+    a tensor). Between chunks the host updates a ``tqdm`` progress bar (plain text when
+    stderr is not a terminal), calls ``callback(info)``, and, with ``checkpoint=path``,
+    writes ``path`` (``.npz``, atomically) with the chain state, the adaptation state and
+    the draws so far. Calling ``sample_hmc`` again with the same arguments resumes from
+    that file (a finished run is read back without sampling); different settings raise
+    ``ValueError``. Step ``g`` of the run uses the seed ``fold_in(seed, g)`` and every
+    chunk restarts the kernel from the carried state, so a resumed run continues exactly
+    like an uninterrupted one, and results do not depend on ``chunk_size``.
+
+    Everything is static-shaped, so the same code runs on CPU, GPU and TPU. With
+    ``strategy`` (a ``tf.distribute.Strategy``) the chains are split evenly across its
+    replicas (``num_chains`` must be a multiple of ``num_replicas_in_sync``); each replica
+    runs its chains with its own seed ``fold_in(seed, replica_id)`` and step sizes, with no
+    communication between replicas. One replica (the default strategy) gives the same
+    draws as ``strategy=None``.
+
+    Args:
+      log_prob_fn: callable ``x[num_chains, D] -> [num_chains]``, the log density (up to
+        a constant) in unconstrained space; differentiable and XLA-compilable.
+      init: ``[num_chains, D]`` initial states (e.g. MAP or VI draws), finite with finite
+        ``log_prob_fn``. Ignored when resuming from ``checkpoint``.
+      num_results: kept draws per chain (>= 1).
+      num_burnin: burn-in (step-size adaptation) steps per chain (>= 0).
+      kernel: ``"nuts"`` (default) or ``"hmc"``.
+      step_size: initial step size (whitened units), a positive scalar or ``[num_chains]``.
+      num_leapfrog_steps: leapfrog steps per HMC transition (``kernel="hmc"``).
+      max_tree_depth: NUTS maximum tree depth (at most ``2**depth - 1`` leapfrog steps).
+      mass_matrix: ``None``, ``[D]`` variances or a ``[D, D]`` covariance (see above).
+      target_accept: target mean acceptance probability of the adaptation, in (0, 1).
+      seed: int or pair of ints (``None``: random).
+      jit_compile: compile the chunks with XLA (default); ``False`` runs a plain graph.
+      chunk_size: steps per compiled chunk (progress/checkpoint granularity).
+      progress: show a tqdm progress bar on stderr.
+      checkpoint: optional ``.npz`` path to save to after each chunk and resume from.
+      trace_fn: optional callable ``x[num_chains, D] -> dict`` of tensors
+        ``[num_chains, ...]`` recorded at each kept draw (e.g. constrained parameters).
+      strategy: optional ``tf.distribute.Strategy`` to spread chains over devices.
+      callback: optional callable receiving a dict (``step``, ``total``, ``phase``,
+        ``step_size``, ``divergences``, ``elapsed``) after each chunk.
+      dtype: float32 (default) or float64; ``init`` is cast to it.
+      reuse_compiled: reuse a compiled chunk from an earlier call with the same
+        ``log_prob_fn``/``trace_fn`` objects and static settings (``kernel``,
+        ``max_tree_depth``/``num_leapfrog_steps``, ``chunk_size``, preconditioner kind,
+        ``jit_compile``). A ``log_prob_fn`` whose result depends on mutable Python state
+        captured at trace time needs ``reuse_compiled=False``.
+
+    Returns:
+      An :class:`MCMCResult`.
+
+    #### Example
+
+    ```python
+    cov = np.array([[1.0, 0.9], [0.9, 1.0]])
+    prec = tf.constant(np.linalg.inv(cov), tf.float32)
+    log_prob = lambda x: -0.5 * tf.reduce_sum(x * tf.linalg.matvec(prec, x), -1)
+    result = sample_hmc(log_prob, tf.zeros([4, 2]), num_results=500, num_burnin=300, seed=1)
+    result.samples.shape                                   # (500, 4, 2)
+    diagnostics.potential_scale_reduction(result.samples)  # ~[1.00, 1.00]
+    result.num_divergences                                 # [0, 0, 0, 0]
+    ```
+    """
+    if not callable(log_prob_fn):
+        raise ValueError(f"log_prob_fn must be callable, got {log_prob_fn!r}")
+    if kernel not in _KERNELS:
+        raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+    num_results = _int_arg(num_results, "num_results", 1)
+    num_burnin = _int_arg(num_burnin, "num_burnin", 0)
+    num_leapfrog_steps = _int_arg(num_leapfrog_steps, "num_leapfrog_steps", 1)
+    max_tree_depth = _int_arg(max_tree_depth, "max_tree_depth", 1)
+    if max_tree_depth > 30:
+        raise ValueError(f"max_tree_depth must be <= 30, got {max_tree_depth}")
+    chunk_size = _int_arg(chunk_size, "chunk_size", 1)
+    if isinstance(target_accept, bool) or not isinstance(target_accept, numbers.Real) or not (
+            0.0 < float(target_accept) < 1.0):
+        raise ValueError(f"target_accept must be a number in (0, 1), got {target_accept!r}")
+    if trace_fn is not None and not callable(trace_fn):
+        raise ValueError(f"trace_fn must be callable or None, got {trace_fn!r}")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable or None, got {callback!r}")
+    dtype = resolve_dtype(dtype)
+    np_dtype = dtype.as_numpy_dtype
+    seed_arr = _seed_arg(seed)
+
+    init_arr = np.asarray(init.numpy() if hasattr(init, "numpy") else init)
+    if init_arr.ndim != 2 or init_arr.shape[0] < 1 or init_arr.shape[1] < 1:
+        raise ValueError(
+            f"init must have shape [num_chains, D], got shape {list(init_arr.shape)}")
+    if init_arr.dtype.kind not in "fiu" or not np.all(np.isfinite(init_arr)):
+        raise ValueError("init must be a finite real array")
+    init_arr = init_arr.astype(np_dtype)
+    num_chains, dim = init_arr.shape
+
+    ss = np.asarray(step_size.numpy() if hasattr(step_size, "numpy") else step_size,
+                    dtype=np.float64)
+    if ss.ndim == 0:
+        ss = np.full([num_chains], float(ss))
+    if ss.shape != (num_chains,) or not np.all(np.isfinite(ss)) or np.any(ss <= 0):
+        raise ValueError(
+            f"step_size must be a positive scalar or [num_chains={num_chains}] array, got "
+            f"{step_size!r}")
+    init_ss = ss.astype(np_dtype)[:, None]  # [C, 1]: one step size per chain
+
+    mode, scale = _scale_from_mass_matrix(mass_matrix, dim, np_dtype)
+
+    if strategy is not None:
+        if not isinstance(strategy, tf.distribute.Strategy):
+            raise ValueError(f"strategy must be a tf.distribute.Strategy, got {strategy!r}")
+        replicas = int(strategy.num_replicas_in_sync)
+        if num_chains % replicas:
+            raise ValueError(
+                f"num_chains={num_chains} (init.shape[0]) must be a multiple of the "
+                f"strategy's {replicas} replicas")
+    else:
+        replicas = 1
+
+    if checkpoint is not None:
+        checkpoint = check_output_path(checkpoint, overwrite=True)
+
+    config = {
+        "version": _CHECKPOINT_VERSION, "kernel": kernel, "num_results": num_results,
+        "num_burnin": num_burnin, "num_chains": int(num_chains), "dim": int(dim),
+        "seed": seed_arr.tolist(), "dtype": dtype.name, "target_accept": float(target_accept),
+        "step_size": [float(v) for v in init_ss.ravel()], "replicas": replicas,
+        "num_leapfrog_steps": num_leapfrog_steps if kernel == "hmc" else None,
+        "max_tree_depth": max_tree_depth if kernel == "nuts" else None,
+        "mass_matrix": mode,
+        "mass_matrix_digest": None if scale is None else hashlib.sha1(
+            np.ascontiguousarray(scale).tobytes()).hexdigest(),
+    }
+    total = num_burnin + num_results
+
+    # ---- state: fresh or from the checkpoint -------------------------------------------
+    resumed = None
+    if checkpoint is not None and os.path.exists(checkpoint):
+        resumed = _load_checkpoint(checkpoint, config)
+
+    if resumed is None:
+        x0 = tf.constant(init_arr)
+        lp0 = log_prob_fn(x0)
+        lp0 = np.asarray(lp0.numpy() if hasattr(lp0, "numpy") else lp0)
+        if lp0.shape != (num_chains,):
+            raise ValueError(
+                f"log_prob_fn(init) must have shape [num_chains={num_chains}], got "
+                f"{list(lp0.shape)}")
+        if not np.all(np.isfinite(lp0)):
+            bad = int(np.flatnonzero(~np.isfinite(lp0))[0])
+            raise ValueError(
+                f"log_prob_fn(init) is not finite for chain {bad} (value {lp0[bad]!r}); "
+                "start the chains inside the support")
+        if mode == "none":
+            u0 = init_arr
+        elif mode == "diag":
+            u0 = init_arr / scale
+        else:
+            from scipy.linalg import solve_triangular
+
+            u0 = solve_triangular(scale.astype(np.float64), init_arr.T.astype(np.float64),
+                                  lower=True).T.astype(np_dtype)
+        step_done = 0
+        carry = {
+            "u": np.asarray(u0, np_dtype),
+            "error_sum": np.zeros([num_chains], np_dtype),
+            "log_averaging_step": np.zeros([num_chains, 1], np_dtype),
+            "new_step_size": init_ss,
+        }
+        host, warm = None, None
+    else:
+        step_done, carry, host, warm = resumed
+
+    runner = _get_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth,
+                         chunk_size, mode, jit_compile, reuse_compiled)
+    scale_t = tf.constant(np.zeros([1], np_dtype) if scale is None else scale)
+    consts = (scale_t, tf.constant(num_burnin, tf.int32), tf.constant(target_accept, dtype))
+    seed_t = tf.constant(seed_arr)
+
+    def run_chunk(carry, step0, n):
+        args = (carry["u"], carry["error_sum"], carry["log_averaging_step"],
+                carry["new_step_size"], init_ss)  # per-chain arguments
+        step0_t, n_t = tf.constant(step0, tf.int32), tf.constant(n, tf.int32)
+        if strategy is None:
+            out = runner(*[tf.constant(a) for a in args], step0_t, n_t,
+                         tf.random.experimental.stateless_fold_in(seed_t, 0), *consts)
+            outs = [tf.nest.map_structure(lambda t: t.numpy(), out)]
+        else:
+            per = num_chains // replicas
+
+            def dist(arr):
+                return strategy.experimental_distribute_values_from_function(
+                    lambda ctx: tf.constant(arr[ctx.replica_id_in_sync_group * per:
+                                                (ctx.replica_id_in_sync_group + 1) * per]))
+
+            seeds = strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.random.experimental.stateless_fold_in(
+                    seed_t, ctx.replica_id_in_sync_group))
+            out = strategy.run(runner, args=tuple(dist(a) for a in args)
+                               + (step0_t, n_t, seeds) + consts)
+            locals_ = [strategy.experimental_local_results(o) for o in tf.nest.flatten(out)]
+            outs = [tf.nest.pack_sequence_as(out, [loc[r].numpy() for loc in locals_])
+                    for r in range(replicas)]
+        new_carry = {
+            "u": np.concatenate([o[0] for o in outs], 0),
+            "error_sum": np.concatenate([o[1] for o in outs], 0),
+            "log_averaging_step": np.concatenate([o[2] for o in outs], 0),
+            "new_step_size": np.concatenate([o[3] for o in outs], 0),
+        }
+        bufs = {k: np.concatenate([o[4][k] for o in outs], 1)[:n] for k in outs[0][4]}
+        return new_carry, bufs
+
+    # ---- chunks ---------------------------------------------------------------------
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=step_done, disable=not progress, file=sys.stderr,
+               desc=f"{kernel.upper()} {num_chains} chains", unit="step", dynamic_ncols=True,
+               mininterval=0.5)
+    t_start = time.perf_counter()
+    timing = {"warmup": 0.0, "sampling": 0.0, "first_chunk": None}
+    chunk_times = []
+    resumed_from = step_done
+    try:
+        g = step_done
+        while g < total:
+            boundary = num_burnin if g < num_burnin else total
+            n = min(chunk_size, boundary - g)
+            t0 = time.perf_counter()
+            carry, bufs = run_chunk(carry, g, n)
+            dt = time.perf_counter() - t0
+            chunk_times.append((dt, n))
+            if timing["first_chunk"] is None:
+                timing["first_chunk"] = dt
+            timing["warmup" if g < num_burnin else "sampling"] += dt
+            if host is None:
+                host = {k: np.zeros((num_results,) + v.shape[1:], v.dtype)
+                        for k, v in bufs.items()}
+                warm = {k: np.zeros((num_burnin,) + v.shape[1:], v.dtype)
+                        for k, v in bufs.items() if k != "x" and not k.startswith("trace/")}
+            if g < num_burnin:
+                for k in warm:
+                    warm[k][g:g + n] = bufs[k]
+            else:
+                for k in host:
+                    host[k][g - num_burnin:g - num_burnin + n] = bufs[k]
+            g += n
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, config, g, carry, host, warm)
+            phase = "warmup" if g <= num_burnin and num_burnin > 0 else "sampling"
+            src = warm if phase == "warmup" else host
+            hi = g if phase == "warmup" else g - num_burnin
+            divs = int(src["diverging"][:hi].sum())
+            step_now = carry["new_step_size"].ravel()
+            bar.set_postfix(phase=phase, eps=f"{float(np.median(step_now)):.3g}",
+                            div=divs, refresh=False)
+            bar.update(n)
+            if callback is not None:
+                callback({"step": g, "total": total, "phase": phase,
+                          "step_size": step_now.copy(), "divergences": divs,
+                          "elapsed": time.perf_counter() - t_start})
+    finally:
+        bar.close()
+
+    if host is None:  # pragma: no cover - num_results >= 1 guarantees one chunk
+        raise RuntimeError("no draws were produced")
+    timing["total"] = time.perf_counter() - t_start
+    if len(chunk_times) > 1:
+        rest = sum(t for t, _ in chunk_times[1:]) / sum(n for _, n in chunk_times[1:])
+        timing["compile_estimate"] = max(chunk_times[0][0] - rest * chunk_times[0][1], 0.0)
+    else:
+        timing["compile_estimate"] = None
+
+    stats = {k: host[k] for k in host if k != "x" and not k.startswith("trace/")}
+    stats["diverging"] = stats["diverging"].astype(bool)
+    if "reached_max_treedepth" in stats:
+        stats["reached_max_treedepth"] = stats["reached_max_treedepth"].astype(bool)
+    warm_stats = dict(warm or {})
+    if "diverging" in warm_stats:
+        warm_stats["diverging"] = warm_stats["diverging"].astype(bool)
+    return MCMCResult(
+        samples=host["x"],
+        log_prob=host["lp"],
+        sample_stats=stats,
+        trace={k[6:]: v for k, v in host.items() if k.startswith("trace/")},
+        warmup_stats=warm_stats,
+        step_size=np.asarray(carry["new_step_size"]).ravel(),
+        kernel=kernel,
+        timing=timing,
+        resumed_from_step=int(resumed_from),
+    )
