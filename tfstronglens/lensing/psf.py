@@ -291,6 +291,17 @@ def _shift_sum(flat, kernel, h, w):
     return out
 
 
+def _keep(x, kernel):
+    """``x / 1`` with a one that XLA cannot see is one (``max(k) / max(k)``, exact).
+
+    XLA:CPU expands optimization barriers before fusion, and copies cheap elementwise
+    producers (such as the ``k^2``-term shift-and-add) into every consumer. A division is
+    "expensive": XLA does not duplicate it, so the convolution is computed once.
+    """
+    m = tf.reduce_max(kernel)
+    return x / (m / m)
+
+
 def _shift_convolve(flat, kernel, h, w):
     """Shift-and-add convolution whose gradient is the adjoint convolution.
 
@@ -307,7 +318,7 @@ def _shift_convolve(flat, kernel, h, w):
         def grad(g):
             return _shift_convolve(g, flipped, h, w)
 
-        return _shift_sum(x, kernel, h, w), grad
+        return _keep(_shift_sum(x, kernel, h, w), kernel), grad
 
     return conv(flat)
 

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from .._validation import is_concrete
-from ._geometry import cdiv, cmul, safe_norm, tiny
+from ._geometry import broadcast_shape, cdiv, cmul, safe_norm, sum_pixels, sum_to, tiny
 from .base import MassProfile
 
 __all__ = ["EPL", "epl_series_terms"]
@@ -37,14 +37,6 @@ def epl_series_terms(q_min: float, dtype=tf.float32) -> int:
     eps = _UNIT_ROUNDOFF[tf.as_dtype(dtype)]
     n = math.ceil(math.log(eps * q_min) / math.log(e_max)) - 1
     return max(int(n), 2)
-
-
-def _sum_to(g, ref):
-    """Sum a gradient ``g`` over the axes along which ``ref`` was broadcast."""
-    if g.shape.is_fully_defined() and ref.shape.is_fully_defined() and g.shape == ref.shape:
-        return g
-    _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(g), s1=tf.shape(ref))
-    return tf.reshape(tf.reduce_sum(g, axes), tf.shape(ref))
 
 
 def _scaled_coefficients(t, n_terms, derivative=False):
@@ -121,12 +113,14 @@ def _unscale(re, im, scale):
     return tf.math.real(z), tf.math.imag(z)
 
 
-def _epl_deflection(dx, dy, theta_E, t, e1, e2, n_terms):
-    """EPL deflection ``(alpha_x, alpha_y)`` at offsets ``(dx, dy)`` from the centre
-    (``t = gamma - 1``), with the hand-written gradient described in :class:`EPL`."""
+def _epl_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, n_terms):
+    """EPL deflection ``(alpha_x, alpha_y)`` at ``(x, y)`` (``t = gamma - 1``), with the
+    hand-written gradient described in :class:`EPL`."""
 
     @tf.custom_gradient
-    def deflection(dx, dy, theta_E, t, e1, e2):
+    def deflection(x, y, center_x, center_y, theta_E, t, e1, e2):
+        dx = x - center_x
+        dy = y - center_y
         # V = z - e conj(z) = (1 + |e|) W, |V| = (1 + |e|) R, w^2 = V^2 / |V|^2 = W^2 / R^2
         vr = dx - (e1 * dx + e2 * dy)
         vi = dy - (e2 * dx - e1 * dy)
@@ -179,24 +173,34 @@ def _epl_deflection(dx, dy, theta_E, t, e1, e2, n_terms):
             kfr, kfi = cmul(kr, ki, fpr, fpi)
             kfwr, kfwi = cmul(kfr, kfi, w2r, w2i)
             g_alpha = gx * ar + gy * ai  # Re(conj(g) alpha)
-            c = t / s2
-            grad_e1 = -(gx * (pzr + qzr + kfwr) + gy * (pzi + qzi + kfwi)) - c * e1 * g_alpha
-            grad_e2 = (gy * (qzr - pzr + kfwr) - gx * (qzi - pzi + kfwi)) - c * e2 * g_alpha
             # d/dtheta_E = t alpha / theta_E
-            grad_theta = t * g_alpha / theta_E
-            # d/dt = alpha log(b/R) + K dF/dt. Only Re(conj(g) K dF/dt) is needed: a single
-            # output, so XLA sums this series once.
+            # d/dt = alpha log(b/R) + K dF/dt, log(b/R) = log(theta_E sqrt(s2)) - log|V|.
+            # Only Re(conj(g) K dF/dt) is needed: a single output, so XLA sums this series
+            # once.
             hr = gx * kr + gy * ki  # conj(g) K
             hi = gx * ki - gy * kr
             dcoeffs, dscale = _scaled_coefficients(t, n_terms, derivative=True)
             dfr, dfi = _power_series(dcoeffs, ur, ui)
-            grad_t = log_rho * g_alpha + (hr * dfr - hi * dfi) / dscale
-            return (_sum_to(grad_dx, dx), _sum_to(grad_dy, dy), _sum_to(grad_theta, theta_E),
-                    _sum_to(grad_t, t), _sum_to(grad_e1, e1), _sum_to(grad_e2, e2))
+            t_pix = (hr * dfr - hi * dfi) / dscale - 0.5 * tf.math.log(v2) * g_alpha
+            # the parameter derivatives are pixel sums of these, taken together
+            # (sum_pixels); terms that are a parameter times a pixel sum are added after
+            params = (center_x, center_y, theta_E, t, e1, e2)
+            s_x, s_y, s_alpha, s_t, s_e1, s_e2 = sum_pixels(
+                [grad_dx, grad_dy, g_alpha, t_pix,
+                 -(gx * (pzr + qzr + kfwr) + gy * (pzi + qzi + kfwi)),
+                 gy * (qzr - pzr + kfwr) - gx * (qzi - pzi + kfwi)],
+                broadcast_shape(*params))
+            c = t / s2
+            log_b = tf.math.log(theta_E) + 0.5 * tf.math.log(s2)
+            return (sum_to(grad_dx, x), sum_to(grad_dy, y),
+                    sum_to(-s_x, center_x), sum_to(-s_y, center_y),
+                    sum_to(t * s_alpha / theta_E, theta_E),
+                    sum_to(log_b * s_alpha + s_t, t),
+                    sum_to(s_e1 - c * e1 * s_alpha, e1), sum_to(s_e2 - c * e2 * s_alpha, e2))
 
         return (ar, ai), grad
 
-    return deflection(dx, dy, theta_E, t, e1, e2)
+    return deflection(x, y, center_x, center_y, theta_E, t, e1, e2)
 
 
 class EPL(MassProfile):
@@ -329,13 +333,14 @@ class EPL(MassProfile):
 
     # ------------------------------------------------------------------ maths
     def _deflection(self, x, y, theta_E, gamma, e1, e2, center_x, center_y):
-        return _epl_deflection(x - center_x, y - center_y, theta_E, gamma - 1.0, e1, e2,
+        return _epl_deflection(x, y, center_x, center_y, theta_E, gamma - 1.0, e1, e2,
                                self.n_terms)
 
     def _potential(self, x, y, theta_E, gamma, e1, e2, center_x, center_y):
         dx = x - center_x
         dy = y - center_y
-        ax, ay = _epl_deflection(dx, dy, theta_E, gamma - 1.0, e1, e2, self.n_terms)
+        ax, ay = _epl_deflection(x, y, center_x, center_y, theta_E, gamma - 1.0, e1, e2,
+                                 self.n_terms)
         return (dx * ax + dy * ay) / (3.0 - gamma)
 
     def _convergence(self, x, y, theta_E, gamma, e1, e2, center_x, center_y):
