@@ -1,0 +1,40 @@
+"""Probabilistic inference: the lens model as TFP joint distributions, MAP, VI, subhalo
+detection (and, when present, HMC/NUTS and diagnostics)."""
+
+from .detection import SubhaloDetection, detect_subhalo, wilks_significance
+from .diagnostics import (
+    effective_sample_size,
+    format_summary,
+    potential_scale_reduction,
+    save_samples,
+    summarize,
+)
+from .map import MAPResult, find_map
+from .mcmc import MCMCResult, sample_hmc
+from .model import LensModel, build_model, log_uniform
+from .pipeline import FitResult, fit_lens, write_fit_outputs
+from .vi import VIResult, fit_vi, laplace_approximation
+
+__all__ = [
+    "fit_lens",
+    "FitResult",
+    "write_fit_outputs",
+    "LensModel",
+    "build_model",
+    "log_uniform",
+    "find_map",
+    "MAPResult",
+    "fit_vi",
+    "VIResult",
+    "laplace_approximation",
+    "detect_subhalo",
+    "SubhaloDetection",
+    "wilks_significance",
+    "sample_hmc",
+    "MCMCResult",
+    "potential_scale_reduction",
+    "effective_sample_size",
+    "summarize",
+    "format_summary",
+    "save_samples",
+]

@@ -1,0 +1,907 @@
+r"""The probabilistic lens model: named priors, the image likelihood, a flat unconstrained
+parameterisation for optimisers and samplers.
+
+A :class:`LensModel` turns a lens configuration (main deflector, optional lens light,
+``N`` candidate subhalos, a source) and an :class:`~tfstronglens.observation.Observation`
+into
+
+* a ``tfp.distributions.JointDistributionNamed`` prior over named scalar parameters
+  (``"lens.0.theta_E"``, ``"lens.1.gamma1"``, ``"lens_light.0.R_sersic"``,
+  ``"subhalo.0.mass"``, ``"source.0.amp"``, ``"source.z.3"``, ...);
+* the image likelihood ``p(data | params)`` (the Observation's background + Poisson noise
+  in its Gaussian approximation, or a given per-pixel noise map);
+* a bijection from ``R^D`` to the constrained parameters (each parameter's default
+  event-space bijector), with the log-density in unconstrained coordinates including
+  ``log|det J|``: what MAP, VI and HMC work with.
+
+Every density is batched over leading dimensions of the parameters (starts, chains,
+samples) and runs under ``tf.function(jit_compile=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from .._validation import resolve_dtype
+from ..lensing.simulator import Simulator
+from ..observation.cosmology import LensCosmology
+from ..observation.observation import Observation
+from ..observation.subhalos import subhalo_lens_kwargs, unstack_lens_kwargs
+from ..profiles.base import LightProfile, MassProfile, get_profile
+from ..profiles.pixelated_source import PixelatedSource
+from ._util import as_seed, positive_float, positive_int
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+__all__ = ["LensModel", "build_model", "log_uniform", "LENS_MODELS", "SOURCE_MODELS",
+           "LENS_LIGHT_MODELS", "SUBHALO_PROFILES"]
+
+LENS_MODELS = ("sie+shear", "epl+shear")
+SOURCE_MODELS = ("sersic", "pixelated")
+LENS_LIGHT_MODELS = ("sersic",)
+SUBHALO_PROFILES = ("TNFW", "POINT_MASS")
+_OBJECTIVES = ("posterior", "likelihood")
+
+# parameters that stay at the profile's default unless a prior is given for them
+_FIXED_BY_DEFAULT = {("SHEAR", "ra_0"), ("SHEAR", "dec_0"), ("PIXELATED", "amp"),
+                     ("PIXELATED", "center_x"), ("PIXELATED", "center_y")}
+
+
+def log_uniform(low, high, dtype=tf.float32, name="LogUniform"):
+    r"""Log-uniform distribution on ``[low, high]``: ``p(m) = 1 / (m ln(high / low))``.
+
+    Built as ``TransformedDistribution(Uniform(ln low, ln high), Exp())`` (TFP has no
+    ``LogUniform``); its default event-space bijector is ``Exp o Sigmoid``.
+    """
+    low = positive_float(low, "low")
+    high = positive_float(high, "high")
+    if not high > low:
+        raise ValueError(f"high must be larger than low, got low={low!r}, high={high!r}")
+    dtype = resolve_dtype(dtype)
+    return tfd.TransformedDistribution(
+        tfd.Uniform(tf.constant(math.log(low), dtype), tf.constant(math.log(high), dtype)),
+        tfb.Exp(), name=name)
+
+
+class _Param:
+    """One entry of the joint distribution (a free parameter)."""
+
+    def __init__(self, name, dist, target):
+        self.name = name
+        self.dist = dist
+        self.target = target  # (kind, index, pname) or ("source_z", k, None)
+        self.bijector = dist.experimental_default_event_space_bijector()
+        self.event_shape = tuple(dist.event_shape.as_list())
+        self.unc_event_shape = tuple(
+            self.bijector.inverse_event_shape(dist.event_shape).as_list())
+        self.size = int(np.prod(self.unc_event_shape, dtype=np.int64))
+
+    def __repr__(self):
+        return f"_Param({self.name!r}, {self.dist.name}, event_shape={self.event_shape})"
+
+
+def _as_profile(spec, base, what, dtype):
+    if isinstance(spec, str):
+        return get_profile(spec, dtype=dtype)
+    if not isinstance(spec, base):
+        raise ValueError(f"{what} must be a {base.__name__} instance or a name, got {spec!r}")
+    if spec.dtype != dtype:
+        raise ValueError(f"{what} has dtype {spec.dtype.name}, the observation "
+                         f"{dtype.name}; create it with the same dtype")
+    return spec
+
+
+class LensModel:
+    r"""A strong-lens model: named priors, image likelihood and unconstrained coordinates.
+
+    #### Components and parameter names
+
+    * main lens, ``lens="sie+shear"`` or ``"epl+shear"``: ``lens.0.theta_E``,
+      (``lens.0.gamma`` for EPL), ``lens.0.e1``, ``lens.0.e2``, ``lens.0.center_x``,
+      ``lens.0.center_y``, ``lens.1.gamma1``, ``lens.1.gamma2`` (the shear's ``ra_0,
+      dec_0`` are fixed at 0: they only add a constant deflection, degenerate with the
+      source position);
+    * lens light, ``lens_light="sersic"`` (elliptical Sersic) or ``None``:
+      ``lens_light.0.amp, R_sersic, n_sersic, e1, e2, center_x, center_y``;
+    * ``num_subhalos`` candidate subhalos (static number): ``subhalo.k.mass`` [M_sun],
+      ``subhalo.k.center_x``, ``subhalo.k.center_y`` [arcsec];
+    * the source, ``source=``
+
+      - ``"sersic"``: ``source.0.amp, R_sersic, n_sersic, e1, e2, center_x, center_y``;
+      - ``"pixelated"``: a :class:`~tfstronglens.profiles.PixelatedSource` of
+        ``source_num_pix^2`` pixels of ``source_pixel_scale`` arcsec centred on (0, 0),
+        one parameter ``source.0.image`` of event shape ``[n, n]`` (surface brightness,
+        e-/s/arcsec^2), with prior ``source_prior="gaussian"`` (independent
+        ``Normal(0, s)`` pixels, ``s = source_prior_scale``) or ``"smooth"`` (a Gaussian
+        Markov random field: precision ``(eps I + lambda G^T G) / s^2`` with ``G`` the
+        forward-difference gradient of the image, ``lambda = source_smoothness``,
+        ``eps = 1e-2``: neighbouring pixels are correlated over ``~sqrt(lambda)``
+        pixels and the marginal scale is ``~s / sqrt(eps + 4 lambda)``);
+      - a :class:`~tfstronglens.profiles.LightProfile` instance, e.g. a VAE decoder
+        (``tfstronglens.models.VAESource``). A vector parameter ``z``
+        (``param_event_ndims["z"] == 1``) of length ``K`` (the profile's
+        ``latent_dim`` attribute, or ``latent_dim=``) gets the prior ``N(0, I)`` and the
+        names ``source.z.0 .. source.z.{K-1}``; its other parameters are named
+        ``source.0.<name>`` (default priors exist for ``amp``, ``center_x``,
+        ``center_y``, ``R_sersic``, ``n_sersic``, ``e1``, ``e2``; give others in
+        ``priors`` or ``fixed``; parameters with a profile default and no prior stay at
+        the default).
+
+    #### Default priors (override any by name with ``priors={name: tfd.Distribution}``)
+
+    With ``F = num_pix * pixel_scale`` the field of view (arcsec) and ``A = amp_scale``
+    (e-/s/arcsec^2; :func:`build_model` sets it from the data):
+
+    ============================  ==============================================
+    ``lens.0.theta_E``            ``Uniform(0.05 F, 0.5 F)``
+    ``lens.0.gamma`` (EPL)        ``Uniform(1.5, 2.5)``
+    ``*.e1, *.e2``                ``TruncatedNormal(0, 0.2, -0.45, 0.45)`` (``q >= 0.22``)
+    ``lens.0.center_x/y``         ``Normal(0, 0.1)``
+    ``lens.1.gamma1/2``           ``Normal(0, 0.05)``
+    ``lens_light.0.amp``          ``LogUniform(1e-3 A, 1e2 A)``
+    ``lens_light.0.R_sersic``     ``LogUniform(0.02 F, 0.5 F)``
+    ``lens_light.0.center_x/y``   ``Normal(0, 0.1)``
+    ``source.0.amp``              ``LogUniform(1e-3 A, 1e3 A)``
+    ``source.0.R_sersic``         ``LogUniform(0.005 F, 0.25 F)``
+    ``source.0.center_x/y``       ``Normal(0, 0.25)``
+    ``*.n_sersic``                ``Uniform(0.5, 6)``
+    ``source.z.k``                ``Normal(0, 1)``
+    ``subhalo.k.mass``            ``LogUniform(m_min, m_max)`` (``subhalo_mass_range``,
+                                  default ``1e7 - 1e11`` M_sun)
+    ``subhalo.k.center_x/y``      ``Uniform`` over ``subhalo_region = (x_min, x_max, y_min,
+                                  y_max)`` (default: the field of view)
+    ============================  ==============================================
+
+    ``fixed={name: value}`` holds any parameter at a value instead (it leaves the joint
+    distribution).
+
+    #### Subhalos: mass definition and profile
+
+    ``subhalo.k.mass`` is ``M200c`` in physical M_sun: the mass inside the radius within
+    which the mean density is 200 times the critical density at ``z_lens``
+    (:meth:`LensCosmology.nfw_physical2angle`, lenstronomy's ``M200``). With
+    ``subhalo_profile="TNFW"`` (default) it is rendered as in
+    :func:`~tfstronglens.observation.subhalo_lens_kwargs`: an NFW with the median
+    Duffy et al. (2008) ``c(M200c, z_lens)`` (``Rs``, ``alpha_Rs`` in arcsec through
+    ``lens_cosmology``), truncated at the tidal radius in an isothermal host whose
+    Einstein radius is ``lens.0.theta_E`` and whose centre is the lens centre, with the
+    projected distance as the 3D distance (Tormen et al. 1998). With
+    ``"POINT_MASS"`` the mass is a point mass of Einstein radius
+    ``sqrt(M / (pi Sigma_crit))``. ``lens_cosmology`` defaults to
+    ``LensCosmology(z_lens, z_source, cosmology)`` (0.5, 2.0, Planck18).
+
+    #### Likelihood
+
+    Pixels are independent Gaussians, ``data_i ~ Normal(model_i, sigma_i)``, summed over
+    ``mask`` (all pixels by default), with
+
+    * ``noise_map=None``: ``sigma_i^2 = background_rms^2 + max(model_i, 0) / T`` from the
+      Observation (background plus the source's Poisson noise, Gaussian approximation;
+      see :meth:`Observation.likelihood`), model-dependent, or
+    * ``noise_map`` (``[N, N]``, e-/s): a fixed per-pixel ``sigma_i``.
+
+    ``log_likelihood`` includes the ``-log sigma_i - log(2 pi)/2`` terms.
+
+    #### Unconstrained coordinates
+
+    ``param_names`` (``D`` names; an event-shaped parameter such as ``source.0.image``
+    contributes ``name.0 .. name.{size-1}``, row-major) orders the flat vector
+    ``x in R^D``. :attr:`bijector` maps ``x`` to the dict of constrained parameters,
+    each block through its prior's ``experimental_default_event_space_bijector()``
+    (identity for Normal, scaled sigmoid for Uniform/TruncatedNormal, ``exp o sigmoid``
+    for the log-uniforms), and
+
+        log p~(x | data) = log p(theta(x)) + log L(data | theta(x)) + log|det d theta/dx|
+
+    is :meth:`unconstrained_log_posterior`, batched over the leading dimensions of ``x``.
+    :meth:`to_flat` and :meth:`from_flat` convert between the two.
+
+    Args:
+      observation: the :class:`~tfstronglens.observation.Observation` (pixels, PSF, noise).
+      lens: ``"sie+shear"`` (default) or ``"epl+shear"``.
+      source: ``"sersic"`` (default), ``"pixelated"`` or a LightProfile instance.
+      lens_light: ``None`` (default) or ``"sersic"`` (or a LightProfile instance).
+      num_subhalos: number of candidate subhalos (int >= 0).
+      subhalo_profile: ``"TNFW"`` (default) or ``"POINT_MASS"``.
+      subhalo_mass_range: ``(m_min, m_max)`` in M_sun for the log-uniform mass prior.
+      subhalo_region: ``(x_min, x_max, y_min, y_max)`` arcsec for the position prior.
+      lens_cosmology, z_lens, z_source, cosmology: the lens cosmology (subhalos only).
+      priors: dict name -> ``tfd.Distribution`` overriding defaults (scalar event shape,
+        the model's dtype).
+      fixed: dict name -> value (held fixed).
+      noise_map: per-pixel noise ``sigma`` [N, N] (e-/s) replacing the Observation's noise.
+      mask: ``[N, N]`` bool/0-1 array of pixels in the likelihood.
+      data: optional data image ``[N, N]`` (e-/s) used when a method's ``data`` is None.
+      supersample: sub-pixels per side for rendering (default 2).
+      amp_scale: brightness scale ``A`` of the amplitude priors (e-/s/arcsec^2).
+      source_num_pix, source_pixel_scale, source_prior, source_prior_scale,
+        source_smoothness: the pixelated source (see above); ``source_pixel_scale``
+        defaults to ``0.5 F / source_num_pix``, ``source_prior_scale`` to ``A``.
+      latent_dim: length of a profile source's ``z`` when the profile has no
+        ``latent_dim`` attribute.
+      compile_batch_size: if set, every compiled evaluation (MAP, VI, Laplace, detection)
+        is padded/chunked to batches of exactly this many points, so that XLA compiles
+        the value-and-gradient once instead of once per batch size (compilation takes tens
+        of seconds on a CPU). Default ``None``: compile for each batch size used.
+      jit_compile: compile the model's evaluations with XLA (default True). ``False`` runs
+        them as plain TensorFlow graphs: no XLA compilation (seconds instead of tens of
+        seconds to start) but slower per evaluation; for short runs and tests.
+
+    #### Example
+
+    >>> obs = Observation(40, 0.05, 2000.0, background_rms=0.05, psf=GaussianPSF(0.1))
+    >>> model = LensModel(obs, "sie+shear", "sersic", amp_scale=10.0)
+    >>> truth = model.sample_prior(1, seed=1)
+    >>> data = model.simulate(truth, seed=2)[0]
+    >>> model.param_names[:3]       # ['lens.0.theta_E', 'lens.0.e1', 'lens.0.e2']
+    >>> x = model.to_flat(truth)    # [1, D]
+    >>> model.unconstrained_log_posterior(x, data)
+    """
+
+    def __init__(self, observation: Observation, lens="sie+shear", source="sersic",
+                 lens_light=None, *, num_subhalos: int = 0, subhalo_profile: str = "TNFW",
+                 subhalo_mass_range=(1e7, 1e11), subhalo_region=None,
+                 lens_cosmology: LensCosmology | None = None, z_lens: float = 0.5,
+                 z_source: float = 2.0, cosmology=None, priors: dict | None = None,
+                 fixed: dict | None = None, noise_map=None, mask=None, data=None,
+                 supersample: int = 2, amp_scale: float = 1.0, source_num_pix: int = 32,
+                 source_pixel_scale: float | None = None, source_prior: str = "gaussian",
+                 source_prior_scale: float | None = None, source_smoothness: float = 1.0,
+                 latent_dim: int | None = None, compile_batch_size: int | None = None,
+                 jit_compile: bool = True):
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if not isinstance(observation, Observation):
+            raise ValueError(f"observation must be an Observation, got {observation!r}")
+        self.observation = observation
+        self.dtype = observation.dtype
+        dt = self.dtype
+        self.num_pix = observation.num_pix
+        fov = observation.num_pix * observation.pixel_scale
+        self.field_of_view = fov
+        self.amp_scale = positive_float(amp_scale, "amp_scale")
+        self.num_subhalos = positive_int(num_subhalos, "num_subhalos", minimum=0)
+
+        # ------------------------------------------------------ components
+        lens_key = str(lens).lower()
+        if lens_key not in LENS_MODELS:
+            raise ValueError(f"lens must be one of {LENS_MODELS}, got {lens!r}")
+        self.lens_model = lens_key
+        main = get_profile("EPL" if lens_key == "epl+shear" else "SIE", dtype=dt)
+        lens_profiles = [main, get_profile("SHEAR", dtype=dt)]
+
+        self.subhalo_profile = str(subhalo_profile).upper()
+        if self.subhalo_profile not in SUBHALO_PROFILES:
+            raise ValueError(f"subhalo_profile must be one of {SUBHALO_PROFILES}, got "
+                             f"{subhalo_profile!r}")
+        sub_prof = get_profile(self.subhalo_profile, dtype=dt)
+        lens_profiles += [sub_prof] * self.num_subhalos
+        self.lens_cosmology = None
+        if self.num_subhalos:
+            if lens_cosmology is None:
+                lens_cosmology = LensCosmology(z_lens, z_source, cosmology)
+            elif not isinstance(lens_cosmology, LensCosmology):
+                raise ValueError(f"lens_cosmology must be a LensCosmology, got "
+                                 f"{lens_cosmology!r}")
+            self.lens_cosmology = lens_cosmology
+        try:
+            m_min, m_max = (float(v) for v in subhalo_mass_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"subhalo_mass_range must be (m_min, m_max) in M_sun, got "
+                             f"{subhalo_mass_range!r}") from None
+        if not (0 < m_min < m_max and math.isfinite(m_max)):
+            raise ValueError(f"subhalo_mass_range must satisfy 0 < m_min < m_max, got "
+                             f"{subhalo_mass_range!r}")
+        self.subhalo_mass_range = (m_min, m_max)
+        if subhalo_region is None:
+            subhalo_region = (-0.5 * fov, 0.5 * fov, -0.5 * fov, 0.5 * fov)
+        try:
+            region = tuple(float(v) for v in subhalo_region)
+        except (TypeError, ValueError):
+            region = ()
+        if len(region) != 4 or not (region[0] < region[1] and region[2] < region[3]):
+            raise ValueError(f"subhalo_region must be (x_min, x_max, y_min, y_max) with "
+                             f"x_min < x_max and y_min < y_max, got {subhalo_region!r}")
+        self.subhalo_region = region
+
+        # source
+        self.latent_dim = 0
+        if isinstance(source, str):
+            skey = source.lower()
+            if skey not in SOURCE_MODELS:
+                raise ValueError(f"source must be one of {SOURCE_MODELS} or a LightProfile "
+                                 f"instance, got {source!r}")
+            if skey == "sersic":
+                src = get_profile("SERSIC_ELLIPSE", dtype=dt)
+            else:
+                n_src = positive_int(source_num_pix, "source_num_pix")
+                scale = (0.5 * fov / n_src if source_pixel_scale is None
+                         else positive_float(source_pixel_scale, "source_pixel_scale"))
+                src = PixelatedSource(n_src, scale, dtype=dt)
+            self.source_model = skey
+        else:
+            src = _as_profile(source, LightProfile, "source", dt)
+            self.source_model = "profile"
+            if src.param_event_ndims.get("z", 0) == 1:
+                k = getattr(src, "latent_dim", None) or latent_dim
+                self.latent_dim = positive_int(k, "latent_dim") if k is not None else None
+                if self.latent_dim is None:
+                    raise ValueError(f"the source profile {type(src).__name__} has a latent "
+                                     "vector z but no latent_dim attribute; give latent_dim=")
+        other_event = [n for n, k in src.param_event_ndims.items()
+                       if k and not (n == "z" and self.latent_dim) and
+                       not isinstance(src, PixelatedSource)]
+        if other_event:
+            raise ValueError(f"source parameters {other_event} have event dimensions; only a "
+                             "vector 'z' (latent) or a PixelatedSource image is supported")
+        if lens_light is None:
+            light_profiles = []
+        elif isinstance(lens_light, str):
+            if lens_light.lower() not in LENS_LIGHT_MODELS:
+                raise ValueError(f"lens_light must be None, one of {LENS_LIGHT_MODELS} or a "
+                                 f"LightProfile instance, got {lens_light!r}")
+            light_profiles = [get_profile("SERSIC_ELLIPSE", dtype=dt)]
+        else:
+            light_profiles = [_as_profile(lens_light, LightProfile, "lens_light", dt)]
+        self.simulator = Simulator(observation.grid(positive_int(supersample, "supersample")),
+                                   lens=lens_profiles, source=[src], lens_light=light_profiles,
+                                   psf=observation.psf, jit_compile=bool(jit_compile))
+        self._components = {"lens": lens_profiles[:2], "lens_light": light_profiles,
+                            "source": [src]}
+
+        # ------------------------------------------------------- noise, mask, data
+        n = self.num_pix
+        self.noise_map = None
+        if noise_map is not None:
+            nm = np.asarray(noise_map, dtype=np.float64)
+            if nm.shape != (n, n) or not np.all(np.isfinite(nm)) or not np.all(nm > 0):
+                raise ValueError(f"noise_map must be a finite, positive [{n}, {n}] array, got "
+                                 f"shape {nm.shape}" + ("" if nm.shape != (n, n) else
+                                                        f" with min {nm.min()!r}"))
+            self.noise_map = tf.constant(nm, dt)
+        self.mask = None
+        if mask is not None:
+            mk = np.asarray(mask)
+            if mk.shape != (n, n) or mk.dtype.kind not in "biuf" or not np.all(np.isfinite(mk)):
+                raise ValueError(f"mask must be a boolean [{n}, {n}] array, got shape "
+                                 f"{mk.shape}, dtype {mk.dtype}")
+            self.mask = tf.constant(mk.astype(bool).astype(dt.as_numpy_dtype))
+        self.data = None if data is None else self._check_data(data)
+
+        # -------------------------------------------------------- parameters
+        self._source_prior_args = (source_prior, source_prior_scale, source_smoothness)
+        self._build_params(priors or {}, fixed or {})
+        self._compiled = {}
+        self.jit_compile = bool(jit_compile)
+        self.compile_batch_size = (None if compile_batch_size is None else
+                                   positive_int(compile_batch_size, "compile_batch_size"))
+
+    # ================================================================ parameters
+    def _default_prior(self, kind, prof, pname):
+        dt = self.dtype
+        F, A = self.field_of_view, self.amp_scale
+        c = lambda v: tf.constant(v, dt)  # noqa: E731
+        if pname in ("e1", "e2"):
+            return tfd.TruncatedNormal(c(0.0), c(0.2), c(-0.45), c(0.45))
+        if pname == "n_sersic":
+            return tfd.Uniform(c(0.5), c(6.0))
+        if kind == "lens":
+            table = {"theta_E": lambda: tfd.Uniform(c(0.05 * F), c(0.5 * F)),
+                     "gamma": lambda: tfd.Uniform(c(1.5), c(2.5)),
+                     "center_x": lambda: tfd.Normal(c(0.0), c(0.1)),
+                     "center_y": lambda: tfd.Normal(c(0.0), c(0.1)),
+                     "gamma1": lambda: tfd.Normal(c(0.0), c(0.05)),
+                     "gamma2": lambda: tfd.Normal(c(0.0), c(0.05))}
+        elif kind == "lens_light":
+            table = {"amp": lambda: log_uniform(1e-3 * A, 1e2 * A, dt),
+                     "R_sersic": lambda: log_uniform(0.02 * F, 0.5 * F, dt),
+                     "center_x": lambda: tfd.Normal(c(0.0), c(0.1)),
+                     "center_y": lambda: tfd.Normal(c(0.0), c(0.1))}
+        else:
+            table = {"amp": lambda: log_uniform(1e-3 * A, 1e3 * A, dt),
+                     "R_sersic": lambda: log_uniform(0.005 * F, 0.25 * F, dt),
+                     "center_x": lambda: tfd.Normal(c(0.0), c(0.25)),
+                     "center_y": lambda: tfd.Normal(c(0.0), c(0.25))}
+        make = table.get(pname)
+        return None if make is None else make()
+
+    def _pixelated_prior(self, prof):
+        kind, scale, smooth = self._source_prior_args
+        n = prof.num_pix
+        s = self.amp_scale if scale is None else positive_float(scale, "source_prior_scale")
+        dt = self.dtype
+        if kind == "gaussian":
+            return tfd.Independent(tfd.Normal(tf.zeros([n, n], dt), tf.constant(s, dt)), 2)
+        if kind != "smooth":
+            raise ValueError(f"source_prior must be 'gaussian' or 'smooth', got {kind!r}")
+        lam = positive_float(smooth, "source_smoothness")
+        d1 = np.eye(n, k=1) - np.eye(n)
+        d1 = d1[:-1]                                  # [n-1, n] forward differences
+        gx = np.kron(np.eye(n), d1)                   # along rows (x, columns index)
+        gy = np.kron(d1, np.eye(n))
+        prec = (1e-2 * np.eye(n * n) + lam * (gx.T @ gx + gy.T @ gy)) / s**2
+        cov = np.linalg.inv(prec)
+        chol = np.linalg.cholesky(0.5 * (cov + cov.T))
+        mvn = tfd.MultivariateNormalTriL(tf.zeros([n * n], dt), tf.constant(chol, dt))
+        return tfd.TransformedDistribution(mvn, tfb.Reshape([n, n], [n * n]))
+
+    def _all_names(self):
+        """Every name that may be free or fixed: {name: (kind, index, pname)}."""
+        names = {}
+        for kind in ("lens", "lens_light", "source"):
+            for i, prof in enumerate(self._components[kind]):
+                for p in prof.param_names:
+                    if kind == "source" and p == "z" and self.latent_dim:
+                        for k in range(self.latent_dim):
+                            names[f"source.z.{k}"] = ("source_z", k, None)
+                        continue
+                    names[f"{kind}.{i}.{p}"] = (kind, i, p)
+        for k in range(self.num_subhalos):
+            for p in ("mass", "center_x", "center_y"):
+                names[f"subhalo.{k}.{p}"] = ("subhalo", k, p)
+        return names
+
+    def _build_params(self, priors, fixed):
+        dt = self.dtype
+        if not isinstance(priors, dict):
+            raise ValueError(f"priors must be a dict name -> tfd.Distribution, got {priors!r}")
+        if not isinstance(fixed, dict):
+            raise ValueError(f"fixed must be a dict name -> value, got {fixed!r}")
+        names = self._all_names()
+        for what, d in (("priors", priors), ("fixed", fixed)):
+            unknown = sorted(set(d) - set(names))
+            if unknown:
+                raise ValueError(f"{what} has unknown parameter name(s) {unknown}; this model's "
+                                 f"parameters are {list(names)}")
+        both = sorted(set(priors) & set(fixed))
+        if both:
+            raise ValueError(f"parameter(s) {both} are given both a prior and a fixed value")
+        self.fixed = {}
+        for name, value in fixed.items():
+            try:
+                arr = np.asarray(value, dtype=dt.as_numpy_dtype)
+            except (TypeError, ValueError):
+                raise ValueError(f"fixed[{name!r}] must be a number, got {value!r}") from None
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"fixed[{name!r}] must be finite, got {value!r}")
+            self.fixed[name] = tf.constant(arr)
+        params = []
+        for name, target in names.items():
+            if name in self.fixed:
+                continue
+            kind, i, pname = target
+            if name in priors:
+                dist = priors[name]
+                if not isinstance(dist, tfd.Distribution):
+                    raise ValueError(f"priors[{name!r}] must be a tfp.distributions."
+                                     f"Distribution, got {dist!r}")
+                if dist.dtype != dt:
+                    raise ValueError(f"priors[{name!r}] has dtype {tf.as_dtype(dist.dtype).name}"
+                                     f", the model {dt.name}")
+                if kind != "source" or not isinstance(self._components["source"][0],
+                                                      PixelatedSource) or pname != "image":
+                    if dist.event_shape.rank != 0 or dist.batch_shape.rank != 0:
+                        raise ValueError(f"priors[{name!r}] must be a scalar distribution "
+                                         f"(batch and event shape []), got batch shape "
+                                         f"{dist.batch_shape}, event shape {dist.event_shape}")
+                params.append(_Param(name, dist, target))
+                continue
+            if kind == "source_z":
+                params.append(_Param(name, tfd.Normal(tf.constant(0.0, dt),
+                                                      tf.constant(1.0, dt)), target))
+                continue
+            if kind == "subhalo":
+                if pname == "mass":
+                    dist = log_uniform(*self.subhalo_mass_range, dtype=dt)
+                else:
+                    lo, hi = (self.subhalo_region[:2] if pname == "center_x"
+                              else self.subhalo_region[2:])
+                    dist = tfd.Uniform(tf.constant(lo, dt), tf.constant(hi, dt))
+                params.append(_Param(name, dist, target))
+                continue
+            prof = self._components[kind][i]
+            if isinstance(prof, PixelatedSource) and pname == "image":
+                params.append(_Param(name, self._pixelated_prior(prof), target))
+                continue
+            has_default = pname in prof.defaults
+            if (prof.name, pname) in _FIXED_BY_DEFAULT:
+                continue
+            dist = self._default_prior(kind, prof, pname)
+            if dist is None:
+                if has_default:
+                    continue  # stays at the profile's default value
+                raise ValueError(f"parameter {name!r} of {type(prof).__name__} has no default "
+                                 "prior: give one in priors= or a value in fixed=")
+            params.append(_Param(name, dist, target))
+        self._params = params
+        self.parameters = [p.name for p in params]
+        self.prior = tfd.JointDistributionNamed({p.name: p.dist for p in params},
+                                                name="LensModelPrior")
+        flat = []
+        for p in params:
+            if p.size == 1 and not p.unc_event_shape:
+                flat.append(p.name)
+            else:
+                flat += [f"{p.name}.{k}" for k in range(p.size)]
+        self.param_names = flat
+        self.num_params = len(flat)
+        self.bijector = self._make_bijector()
+
+    def _make_bijector(self):
+        """``R^D -> dict``: Split, reshape each block, restructure, event-space bijectors."""
+        sizes = [p.size for p in self._params]
+        reshape = [tfb.Reshape(list(p.unc_event_shape), [p.size]) for p in self._params]
+        structure = {p.name: i for i, p in enumerate(self._params)}
+        return tfb.Chain([
+            tfb.JointMap({p.name: p.bijector for p in self._params}),
+            tfb.Restructure(structure),
+            tfb.JointMap(reshape),
+            tfb.Split(sizes),
+        ], name="LensModelBijector")
+
+    # ----------------------------------------------------------------- helpers
+    def replace(self, **changes) -> "LensModel":
+        """A new LensModel with some constructor arguments changed (e.g.
+        ``num_subhalos=0`` for the nested model without subhalos; priors and fixed
+        values of names the new model does not have are dropped)."""
+        cfg = dict(self._config)
+        cfg.update(changes)
+        n_sub = cfg.get("num_subhalos", 0) or 0
+
+        def keep(name):
+            if name.startswith("subhalo."):
+                try:
+                    return int(name.split(".")[1]) < n_sub
+                except ValueError:
+                    return True
+            return True
+
+        for key in ("priors", "fixed"):
+            if cfg.get(key) and "num_subhalos" in changes and key not in changes:
+                cfg[key] = {k: v for k, v in cfg[key].items() if keep(k)}
+        obs = cfg.pop("observation")
+        return LensModel(obs, **cfg)
+
+    def with_data(self, data) -> "LensModel":
+        """This model with ``data`` as the default data image."""
+        return self.replace(data=data)
+
+    def _check_data(self, data):
+        n = self.num_pix
+        if isinstance(data, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly():
+            return tf.cast(data, self.dtype)
+        arr = np.asarray(data.numpy() if hasattr(data, "numpy") else data)
+        if arr.ndim < 2 or arr.shape[-2:] != (n, n):
+            raise ValueError(f"data must have shape [..., {n}, {n}], got {arr.shape}")
+        if arr.dtype.kind not in "fiu" or not np.all(np.isfinite(arr)):
+            raise ValueError("data must be a finite real image")
+        return tf.constant(arr.astype(self.dtype.as_numpy_dtype))
+
+    def _get_data(self, data):
+        if data is None:
+            if self.data is None:
+                raise ValueError("no data: pass data= or build the model with data=")
+            return self.data
+        return self._check_data(data)
+
+    def _batch(self, params: dict):
+        """Check a params dict; return (params with batch flattened to [B], batch_shape)."""
+        if not isinstance(params, dict):
+            raise ValueError(f"params must be a dict name -> value, got {type(params).__name__}")
+        missing = [n for n in self.parameters if n not in params]
+        unknown = sorted(set(params) - set(self.parameters))
+        if missing or unknown:
+            raise ValueError(f"params must have exactly the keys {self.parameters}; missing "
+                             f"{missing}, unknown {unknown}")
+        shapes = []
+        vals = {}
+        for p in self._params:
+            v = params[p.name]
+            v = tf.cast(v, self.dtype) if isinstance(v, (tf.Tensor, tf.Variable)) else \
+                tf.constant(np.asarray(v, dtype=self.dtype.as_numpy_dtype))
+            nd = len(p.event_shape)
+            shp = v.shape[:v.shape.rank - nd] if nd else v.shape
+            if tuple(v.shape[v.shape.rank - nd:].as_list()) != p.event_shape:
+                raise ValueError(f"params[{p.name!r}] must end with the event shape "
+                                 f"{list(p.event_shape)}, got shape {v.shape.as_list()}")
+            shapes.append(shp)
+            vals[p.name] = v
+        batch = tf.TensorShape([])
+        for s in shapes:
+            try:
+                batch = tf.broadcast_static_shape(batch, s)
+            except ValueError:
+                raise ValueError(f"params have batch shapes {[s.as_list() for s in shapes]} "
+                                 "that do not broadcast") from None
+        bsz = int(np.prod(batch.as_list(), dtype=np.int64)) if batch.rank else 1
+        out = {}
+        for p in self._params:
+            v = tf.broadcast_to(vals[p.name], batch.as_list() + list(p.event_shape))
+            out[p.name] = tf.reshape(v, [bsz] + list(p.event_shape))
+        return out, batch
+
+    # ============================================================ forward model
+    def _component_kwargs(self, params: dict):
+        """Simulator kwargs from a dict of free parameters with batch shape [B]."""
+        values = {}
+        for p in self._params:
+            values[p.target] = params[p.name]
+        all_names = self._all_names()
+        for name, v in self.fixed.items():
+            values[all_names[name]] = v
+
+        def comp(kind, i):
+            prof = self._components[kind][i]
+            kw = {}
+            for pname in prof.param_names:
+                if kind == "source" and pname == "z" and self.latent_dim:
+                    kw["z"] = tf.stack([values[("source_z", k, None)]
+                                        for k in range(self.latent_dim)], axis=-1)
+                elif (kind, i, pname) in values:
+                    kw[pname] = values[(kind, i, pname)]
+            return kw
+
+        main = comp("lens", 0)
+        lens = [main, comp("lens", 1)]
+        if self.num_subhalos:
+            get = lambda k, p: values[("subhalo", k, p)]  # noqa: E731
+            stack = lambda p: tf.stack([tf.convert_to_tensor(get(k, p)) +  # noqa: E731
+                                        tf.zeros_like(tf.convert_to_tensor(get(0, "mass")))
+                                        for k in range(self.num_subhalos)], axis=-1)
+            mass = stack("mass")
+            sample = {"mass": mass, "center_x": stack("center_x"),
+                      "center_y": stack("center_y"), "mask": tf.ones_like(mass, tf.bool)}
+            extra = {}
+            if self.subhalo_profile == "TNFW":
+                ex = lambda v: tf.convert_to_tensor(v, self.dtype)[..., None]  # noqa: E731
+                extra = dict(theta_E_host=ex(main["theta_E"]),
+                             host_center_x=ex(main.get("center_x", 0.0)),
+                             host_center_y=ex(main.get("center_y", 0.0)))
+            kw = subhalo_lens_kwargs(sample, self.lens_cosmology, self.subhalo_profile, **extra)
+            lens += unstack_lens_kwargs(kw)
+        source = [comp("source", 0)]
+        light = [comp("lens_light", i) for i in range(len(self._components["lens_light"]))]
+        return lens, source, light
+
+    def _render_flat(self, params: dict):
+        lens, source, light = self._component_kwargs(params)
+        return self.simulator(lens=lens, source=source, lens_light=light)
+
+    def render(self, params: dict):
+        """Noiseless model images ``[*batch, N, N]`` (e-/s per pixel) for a dict of the free
+        parameters with batch shape ``batch`` (scalars give ``[1, N, N]``)."""
+        flat, batch = self._batch(params)
+        img = self._render_flat(flat)
+        n = self.num_pix
+        return tf.reshape(img, (batch.as_list() or [1]) + [n, n])
+
+    def simulate(self, params: dict, seed=None):
+        """A noisy image (or batch) drawn from the likelihood at ``params``."""
+        model = self.render(params)
+        seed = as_seed(seed)
+        if self.noise_map is None:
+            return self.observation.add_noise(model, seed=seed)
+        return tfd.Normal(model, self.noise_map).sample(seed=seed)
+
+    # ================================================================ densities
+    def _pixel_log_like(self, model, data):
+        if self.noise_map is None:
+            sigma = tf.sqrt(self.observation._variance(model))
+        else:
+            sigma = self.noise_map
+        lp = tfd.Normal(model, sigma).log_prob(data)
+        if self.mask is not None:
+            lp = lp * self.mask
+        return tf.reduce_sum(lp, axis=[-2, -1])
+
+    def _log_like_flat(self, params, data):
+        return self._pixel_log_like(self._render_flat(params), data)
+
+    def log_prior(self, params: dict):
+        """``log p(params)`` under the joint prior, shape ``[*batch]``."""
+        flat, batch = self._batch(params)
+        return tf.reshape(self._log_prior_flat(flat), batch)
+
+    def log_likelihood(self, params: dict, data=None):
+        """``log p(data | params)``, shape ``[*batch]`` (see class docs)."""
+        d = self._get_data(data)
+        flat, batch = self._batch(params)
+        return tf.reshape(self._log_like_flat(flat, d), batch)
+
+    def log_posterior(self, params: dict, data=None):
+        """Unnormalized ``log p(params | data) = log_prior + log_likelihood``."""
+        d = self._get_data(data)
+        flat, batch = self._batch(params)
+        return tf.reshape(self._log_prior_flat(flat) + self._log_like_flat(flat, d), batch)
+
+    def sample_prior(self, n: int = 1, seed=None) -> dict:
+        """``n`` draws from the prior: dict name -> ``[n, *event]`` tensors."""
+        n = positive_int(n, "n")
+        # (component by component: the same draws' distribution as self.prior.sample, without
+        # the JointDistribution's tracing of the model for static attributes)
+        seeds = tfp.random.split_seed(as_seed(seed), len(self._params))
+        return {p.name: p.dist.sample(n, seed=s) for p, s in zip(self._params, seeds)}
+
+    def _log_prior_flat(self, params):
+        """``sum_k log p_k(params[k])`` (== ``self.prior.log_prob``: independent priors)."""
+        total = 0.0
+        for p in self._params:
+            total = total + p.dist.log_prob(params[p.name])
+        return total
+
+    # ================================================== unconstrained coordinates
+    def _split_flat(self, x):
+        """x [B, D] -> ({name: constrained [B, *event]}, log|det J| [B])."""
+        parts = tf.split(x, [p.size for p in self._params], axis=-1)
+        out = {}
+        ldj = tf.zeros(tf.shape(x)[:-1], x.dtype)
+        for p, xp in zip(self._params, parts):
+            xp = tf.reshape(xp, tf.concat([tf.shape(x)[:-1], list(p.unc_event_shape)], 0)) \
+                if p.unc_event_shape else xp[..., 0]
+            nd = len(p.unc_event_shape)
+            out[p.name] = p.bijector.forward(xp)
+            ldj = ldj + p.bijector.forward_log_det_jacobian(xp, event_ndims=nd)
+        return out, ldj
+
+    def _as_x(self, x):
+        x = tf.convert_to_tensor(x, dtype_hint=self.dtype)
+        if x.dtype != self.dtype:
+            x = tf.cast(x, self.dtype)
+        if x.shape.rank is not None and (x.shape.rank < 1 or x.shape[-1] != self.num_params):
+            raise ValueError(f"x must have shape [..., {self.num_params}] (D = number of "
+                             f"parameters), got {x.shape.as_list()}")
+        return x
+
+    def from_flat(self, x) -> dict:
+        """Unconstrained ``x [..., D]`` -> dict of constrained parameters ``[..., *event]``."""
+        x = self._as_x(x)
+        batch = tf.shape(x)[:-1]
+        params, _ = self._split_flat(tf.reshape(x, [-1, self.num_params]))
+        return {k: tf.reshape(v, tf.concat([batch, tf.shape(v)[1:]], 0))
+                for k, v in params.items()}
+
+    def to_flat(self, params: dict):
+        """Dict of constrained parameters ``[*batch, *event]`` -> unconstrained
+        ``x [*batch, D]`` (inverse of :meth:`from_flat`)."""
+        flat, batch = self._batch(params)
+        parts = []
+        for p in self._params:
+            u = p.bijector.inverse(flat[p.name])
+            parts.append(tf.reshape(u, [-1, p.size]))
+        x = tf.concat(parts, axis=-1)
+        return tf.reshape(x, batch.as_list() + [self.num_params])
+
+    def _unconstrained_impl(self, x, data, objective: str = "posterior"):
+        params, ldj = self._split_flat(x)
+        ll = self._log_like_flat(params, data)
+        if objective == "likelihood":
+            return ll
+        return ll + self._log_prior_flat(params) + ldj
+
+    def _compiled_fn(self, kind: str, objective: str):
+        key = (kind, objective)
+        if key not in self._compiled:
+            if kind == "value":
+                def fn(x, data):
+                    return self._unconstrained_impl(x, data, objective)
+            else:
+                def fn(x, data):
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        val = self._unconstrained_impl(x, data, objective)
+                    return val, tape.gradient(val, x)
+            self._compiled[key] = tf.function(fn, jit_compile=self.jit_compile, autograph=False)
+        return self._compiled[key]
+
+    def _check_objective(self, objective):
+        if objective not in _OBJECTIVES:
+            raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+
+    def unconstrained_log_posterior(self, x, data=None, objective: str = "posterior",
+                                    jit_compile: bool = True):
+        """``log p(theta(x)) + log L(data | theta(x)) + log|det J(x)|`` for ``x [..., D]``,
+        shape ``[...]``. ``objective="likelihood"`` gives ``log L`` alone (no prior, no
+        Jacobian; for maximum-likelihood fits). XLA-compiled unless ``jit_compile=False``.
+        """
+        self._check_objective(objective)
+        x = self._as_x(x)
+        d = self._get_data(data)
+        batch = tf.shape(x)[:-1]
+        x2 = tf.reshape(x, [-1, self.num_params])
+        if jit_compile:
+            val = self._value_2d(x2, d, objective)
+        else:
+            val = self._unconstrained_impl(x2, d, objective)
+        return tf.reshape(val, batch)
+
+    def _padded(self, kind, x2, d, objective):
+        """Call a compiled function on ``x2 [B, D]``, padded/chunked to
+        ``compile_batch_size`` rows when set."""
+        fn = self._compiled_fn(kind, objective)
+        cb = self.compile_batch_size
+        B = x2.shape[0]
+        if cb is None or B is None or B == cb:
+            return fn(x2, d)
+        chunks = []
+        for lo in range(0, B, cb):
+            part = x2[lo:lo + cb]
+            n = part.shape[0]
+            if n < cb:
+                part = tf.concat([part, tf.repeat(part[:1], cb - n, axis=0)], axis=0)
+            out = fn(part, d)
+            chunks.append(tuple(o[:n] for o in out) if kind == "grad" else out[:n])
+        if kind == "grad":
+            return tf.concat([c[0] for c in chunks], 0), tf.concat([c[1] for c in chunks], 0)
+        return tf.concat(chunks, 0)
+
+    def _value_2d(self, x2, d, objective="posterior"):
+        return self._padded("value", x2, d, objective)
+
+    def _value_and_grad_2d(self, x2, d, objective="posterior"):
+        return self._padded("grad", x2, d, objective)
+
+    def value_and_gradient(self, x, data=None, objective: str = "posterior"):
+        """``(unconstrained_log_posterior(x), its gradient in x)``, XLA-compiled."""
+        self._check_objective(objective)
+        x = self._as_x(x)
+        d = self._get_data(data)
+        shape = tf.shape(x)
+        val, grad = self._value_and_grad_2d(tf.reshape(x, [-1, self.num_params]), d,
+                                            objective)
+        return tf.reshape(val, shape[:-1]), tf.reshape(grad, shape)
+
+    def target_log_prob_fn(self, data=None, objective: str = "posterior"):
+        """A function ``x [..., D] -> [...]`` (the unconstrained log posterior for this
+        data), for samplers such as ``tfp.mcmc``; it may be called inside a
+        ``tf.function`` (it is then compiled as part of the caller)."""
+        self._check_objective(objective)
+        d = self._get_data(data)
+
+        def target(x):
+            x = tf.convert_to_tensor(x, self.dtype)
+            batch = tf.shape(x)[:-1]
+            val = self._unconstrained_impl(tf.reshape(x, [-1, self.num_params]), d, objective)
+            return tf.reshape(val, batch)
+
+        return target
+
+    def sample_unconstrained_prior(self, n: int, seed=None):
+        """``n`` prior draws mapped to unconstrained space, ``[n, D]``."""
+        return self.to_flat(self.sample_prior(n, seed))
+
+    def __repr__(self):
+        src = self.source_model if self.source_model != "profile" else \
+            type(self._components["source"][0]).__name__
+        light = [type(p).__name__ for p in self._components["lens_light"]]
+        return (f"LensModel(lens={self.lens_model!r}, source={src!r}, lens_light={light}, "
+                f"num_subhalos={self.num_subhalos}, D={self.num_params}, "
+                f"noise={'noise_map' if self.noise_map is not None else 'observation'})")
+
+
+def build_model(observation: Observation, data=None, lens="sie+shear", source="sersic",
+                lens_light=None, num_subhalos: int = 0, **kwargs) -> LensModel:
+    """A :class:`LensModel` whose amplitude priors are scaled to ``data``.
+
+    ``amp_scale`` (unless given) is the 99.5th percentile of the data divided by the pixel
+    area, i.e. the brightest arcs' surface brightness in e-/s/arcsec^2; the source and
+    lens-light amplitude priors are log-uniform over decades around it (see
+    :class:`LensModel`). Other arguments are passed on.
+    """
+    if data is not None and "amp_scale" not in kwargs:
+        arr = np.asarray(data.numpy() if hasattr(data, "numpy") else data, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("data must be finite")
+        peak = float(np.percentile(arr, 99.5))
+        if not peak > 0:
+            raise ValueError("data has no positive signal (99.5th percentile <= 0); give "
+                             "amp_scale= explicitly")
+        kwargs["amp_scale"] = peak / observation.pixel_area
+    if isinstance(num_subhalos, numbers.Integral) is False:
+        raise ValueError(f"num_subhalos must be an integer >= 0, got {num_subhalos!r}")
+    return LensModel(observation, lens=lens, source=source, lens_light=lens_light,
+                     num_subhalos=num_subhalos, data=data, **kwargs)

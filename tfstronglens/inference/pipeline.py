@@ -1,0 +1,378 @@
+r"""The end-to-end inference sequence MAP -> VI -> HMC, its summaries and its output files.
+
+:func:`fit_lens` runs, on one :class:`~tfstronglens.inference.LensModel` and one image,
+
+1. **MAP**: :func:`~tfstronglens.inference.find_map`, ``num_starts`` starts drawn from the
+   prior and optimised together (one batched tensor);
+2. for ``method="map"``: the **Laplace approximation** at the MAP
+   (:func:`~tfstronglens.inference.laplace_approximation`: a Gaussian in the unconstrained
+   coordinates with the inverse Hessian as covariance), whose draws, mapped to the
+   constrained parameters, give the reported intervals;
+3. for ``"vi"`` and ``"hmc"``: **variational inference**
+   (:func:`~tfstronglens.inference.fit_vi`, full-rank Gaussian by default) started at the
+   MAP;
+4. for ``"hmc"``: **NUTS** (:func:`~tfstronglens.inference.sample_hmc`), ``num_chains``
+   chains started from VI draws, preconditioned with the VI covariance as mass matrix
+   (``x = L u`` with ``L L^T`` the VI covariance), step size adapted during burn-in;
+   R-hat and bulk/tail ESS per parameter (Vehtari et al. 2021);
+5. optionally the **subhalo detection** likelihood-ratio test
+   (:func:`~tfstronglens.inference.detect_subhalo`).
+
+This is the sequence of GIGA-Lens (Gu et al. 2022). :func:`write_fit_outputs` writes
+``summary.json``, the samples (``samples.npz`` and, with ArviZ, ``samples.nc``) and PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from ..io._atomic import atomic_output
+from ._util import as_seed, positive_int
+from .detection import SubhaloDetection, detect_subhalo
+from .diagnostics import save_samples, summarize
+from .map import find_map
+from .mcmc import sample_hmc
+from .model import LensModel
+from .vi import fit_vi, laplace_approximation
+
+__all__ = ["FitResult", "fit_lens", "write_fit_outputs", "METHODS"]
+
+METHODS = ("map", "vi", "hmc")
+
+
+class FitResult:
+    """The result of :func:`fit_lens`.
+
+    Attributes:
+      method: ``"map"``, ``"vi"`` or ``"hmc"``.
+      param_names: the model's ``D`` flat parameter names.
+      samples: ``[num_draws, num_chains, D]`` posterior draws of the constrained
+        parameters in ``param_names`` order (``num_chains = 1`` for the Laplace and VI
+        draws, which are independent).
+      summary: ``{name: {mean, std, p16, p50, p84[, r_hat, ess_bulk, ess_tail]}}`` for
+        every scalar parameter (R-hat and ESS only for HMC).
+      best_fit: ``{name: value}`` at the MAP.
+      map, laplace, vi, mcmc, detection: the stage results (``None`` where not run).
+      timings: seconds per stage and in total.
+      settings: the arguments of the run.
+      model, data: what was fitted.
+    """
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def __repr__(self):
+        return (f"FitResult(method={self.method!r}, D={len(self.param_names)}, "
+                f"draws={self.samples.shape[0]}x{self.samples.shape[1]}, "
+                f"total={self.timings.get('total', float('nan')):.1f}s)")
+
+
+def _constrained(model: LensModel, x) -> np.ndarray:
+    """Unconstrained ``x [..., D]`` -> constrained values ``[..., D]`` in ``param_names`` order."""
+    x = np.asarray(x)
+    batch = x.shape[:-1]
+    d = model.from_flat(tf.constant(x.reshape(-1, x.shape[-1]), model.dtype))
+    parts = [np.asarray(v).reshape(int(np.prod(batch, dtype=np.int64)), -1) for v in d.values()]
+    out = np.concatenate(parts, axis=-1)
+    if out.shape[-1] != len(model.param_names):  # pragma: no cover - internal consistency
+        raise RuntimeError("constrained parameters do not match param_names")
+    return out.reshape(batch + (out.shape[-1],))
+
+
+def _scalar_names(model: LensModel):
+    """Names of the scalar parameters (event-shaped ones such as a pixelated source's
+    image are kept in the samples but left out of the summary)."""
+    event = [p.name for p in model._params if p.size != 1 or p.unc_event_shape]
+    return [n for n in model.param_names if not any(n.startswith(e + ".") for e in event)]
+
+
+def _simple_summary(draws: np.ndarray, names, keep) -> dict:
+    """mean, std, 16/50/84 percentiles of independent draws ``[n, D]``."""
+    out = {}
+    pct = np.percentile(draws, [16, 50, 84], axis=0)
+    for i, name in enumerate(names):
+        if name in keep:
+            out[name] = {"mean": float(np.mean(draws[:, i])), "std": float(np.std(draws[:, i])),
+                         "p16": float(pct[0, i]), "p50": float(pct[1, i]),
+                         "p84": float(pct[2, i])}
+    return out
+
+
+def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
+             num_starts: int = 64, map_steps: int = 500, map_learning_rate: float = 0.05,
+             vi_surrogate: str = "full_rank", vi_steps: int = 500,
+             vi_learning_rate: float = 0.01, num_samples: int = 2000, num_chains: int = 8,
+             num_results: int = 500, num_burnin: int = 500, max_tree_depth: int = 8,
+             target_accept: float = 0.8, detect: bool | None = None,
+             detection_starts: int | None = None, detection_steps: int | None = None,
+             checkpoint: str | None = None, progress: bool = True) -> FitResult:
+    r"""Fit ``model`` to ``data``: MAP, then Laplace (``"map"``), VI (``"vi"``) or VI + NUTS
+    (``"hmc"``), then optionally the subhalo detection test (see module docs).
+
+    Args:
+      model: a :class:`~tfstronglens.inference.LensModel`.
+      data: the image ``[N, N]`` (e-/s per pixel; default: the model's data).
+      method: ``"map"``, ``"vi"`` or ``"hmc"``.
+      seed: integer seed of the whole run (reproducible).
+      num_starts, map_steps, map_learning_rate: multi-start MAP (Adam in unconstrained
+        space).
+      vi_surrogate, vi_steps, vi_learning_rate: the VI stage (``"mean_field"``,
+        ``"full_rank"`` or ``"iaf"``).
+      num_samples: draws from the Laplace or VI posterior to summarise.
+      num_chains, num_results, num_burnin, max_tree_depth, target_accept: NUTS.
+      detect: run :func:`~tfstronglens.inference.detect_subhalo` (default: when the
+        model has subhalos); detection_starts, detection_steps: its MAP fits (default:
+        ``num_starts`` and ``map_steps``).
+      checkpoint: ``.npz`` file for the NUTS state (resumes from it when present).
+      progress: progress bars for each stage.
+
+    Returns:
+      a :class:`FitResult`.
+    """
+    if not isinstance(model, LensModel):
+        raise ValueError(f"model must be a LensModel, got {model!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    for name, value in (("num_starts", num_starts), ("map_steps", map_steps),
+                        ("vi_steps", vi_steps), ("num_samples", num_samples),
+                        ("num_chains", num_chains), ("num_results", num_results)):
+        positive_int(value, name)
+    positive_int(num_burnin, "num_burnin", minimum=0)
+    d = model._get_data(data)
+    base = as_seed(seed)
+    seeds = [tf.constant([int(base[0]) + 1000 * (i + 1), int(base[1])], tf.int32)
+             for i in range(5)]
+    names = list(model.param_names)
+    keep = set(_scalar_names(model))
+    timings = {}
+    t_start = time.perf_counter()
+
+    t = time.perf_counter()
+    map_res = find_map(model, d, num_starts=num_starts, num_steps=map_steps,
+                       learning_rate=map_learning_rate, seed=seeds[0], progress=progress)
+    timings["map"] = time.perf_counter() - t
+    best_fit = {k: float(v) for k, v in map_res.params.items() if np.ndim(v) == 0}
+    laplace = vi_res = mcmc = None
+
+    if method == "map":
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            laplace = laplace_approximation(model, map_res.x, d)
+        rng = np.random.default_rng(int(base[1]))
+        chol = np.linalg.cholesky(laplace.covariance + 1e-12 * np.eye(len(names)))
+        x = laplace.mean + rng.standard_normal((num_samples, len(names))) @ chol.T
+        draws = _constrained(model, x)
+        summary = _simple_summary(draws, names, keep)
+        samples = draws[:, None, :]
+        timings["laplace"] = time.perf_counter() - t
+    else:
+        t = time.perf_counter()
+        vi_res = fit_vi(model, d, surrogate=vi_surrogate, init=map_res, num_steps=vi_steps,
+                        learning_rate=vi_learning_rate, seed=seeds[1],
+                        num_samples=num_samples, progress=progress)
+        timings["vi"] = time.perf_counter() - t
+        x_vi = np.asarray(vi_res.samples_unconstrained)
+        if method == "vi":
+            draws = _constrained(model, x_vi)
+            summary = _simple_summary(draws, names, keep)
+            samples = draws[:, None, :]
+        else:
+            t = time.perf_counter()
+            cov = np.asarray(vi_res.covariance, np.float64)
+            cov = 0.5 * (cov + cov.T)
+            init = x_vi[:num_chains]
+            if init.shape[0] < num_chains:
+                init = np.resize(x_vi, (num_chains, x_vi.shape[-1]))
+            mcmc = sample_hmc(model.target_log_prob_fn(d), init.astype(x_vi.dtype),
+                              num_results=num_results, num_burnin=num_burnin, kernel="nuts",
+                              step_size=0.5, max_tree_depth=max_tree_depth, mass_matrix=cov,
+                              target_accept=target_accept, seed=seeds[2],
+                              checkpoint=checkpoint, progress=progress)
+            timings["hmc"] = time.perf_counter() - t
+            samples = _constrained(model, mcmc.samples)
+            stats = summarize(samples, names=names)
+            summary = {}
+            for name in names:
+                if name not in keep:
+                    continue
+                s = stats[name]
+                summary[name] = {"mean": s["mean"], "std": s["sd"], "p16": s["p16"],
+                                 "p50": s["p50"], "p84": s["p84"], "r_hat": s["r_hat"],
+                                 "ess_bulk": s["ess_bulk"], "ess_tail": s["ess_tail"]}
+
+    detection = None
+    if detect is None:
+        detect = model.num_subhalos > 0
+    if detect:
+        t = time.perf_counter()
+        detection = detect_subhalo(
+            model, d, num_starts=detection_starts or num_starts,
+            num_steps=detection_steps or map_steps, learning_rate=map_learning_rate,
+            seed=seeds[3], progress=progress)
+        timings["detection"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    settings = dict(method=method, seed=seed, num_starts=num_starts, map_steps=map_steps,
+                    map_learning_rate=map_learning_rate, vi_surrogate=vi_surrogate,
+                    vi_steps=vi_steps, vi_learning_rate=vi_learning_rate,
+                    num_samples=num_samples, num_chains=num_chains, num_results=num_results,
+                    num_burnin=num_burnin, max_tree_depth=max_tree_depth,
+                    target_accept=target_accept, detect=bool(detect))
+    return FitResult(method=method, param_names=names, samples=samples, summary=summary,
+                     best_fit=best_fit, map=map_res, laplace=laplace, vi=vi_res, mcmc=mcmc,
+                     detection=detection, timings=timings, settings=settings, model=model,
+                     data=np.asarray(d))
+
+
+def detection_summary(det: SubhaloDetection) -> dict:
+    """The JSON-ready ``subhalo_detection`` object of ``summary.json``."""
+    def num(v):
+        return None if v is None else float(v)
+
+    return {
+        "delta_log_likelihood": float(det.delta_log_likelihood),
+        "test_statistic": float(det.test_statistic),
+        "significance_sigma": float(det.significance_sigma),
+        "p_value": float(det.p_value),
+        "dof": int(det.dof),
+        "boundary": bool(det.boundary),
+        "mass_msun": float(det.mass),
+        "center_x": float(det.center_x),
+        "center_y": float(det.center_y),
+        "log_bayes_factor_laplace": num(det.log_bayes_factor_laplace),
+        "definition": ("delta_log_likelihood = max log L(one subhalo) - max log L(no "
+                       "subhalo), both maximised by multi-start optimisation; "
+                       "significance_sigma from Wilks' theorem with the stated dof "
+                       "(chi-squared mixture at the mass boundary when boundary=true), "
+                       "converted to a one-sided Gaussian sigma"),
+    }
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _source_image(model: LensModel, params: dict, n: int = 100):
+    """The source-plane surface brightness of the best fit on an ``n x n`` grid of half the
+    field of view, centred on the source centre; returns ``(image, extent)``."""
+    flat, _ = model._batch(params)
+    _, source, _ = model._component_kwargs(flat)
+    prof = model._components["source"][0]
+    kw = {k: v for k, v in source[0].items()}
+    cx = float(np.ravel(np.asarray(kw.get("center_x", 0.0)))[0])
+    cy = float(np.ravel(np.asarray(kw.get("center_y", 0.0)))[0])
+    half = 0.25 * model.num_pix * model.observation.pixel_scale
+    xs = np.linspace(-half, half, n)
+    xx, yy = np.meshgrid(xs + cx, xs + cy)
+    dtype = model.dtype.as_numpy_dtype
+    img = prof.surface_brightness(tf.constant(xx[None], dtype), tf.constant(yy[None], dtype),
+                                  **kw)
+    img = np.asarray(img).reshape(n, n)
+    step = xs[1] - xs[0]
+    extent = (cx - half - step / 2, cx + half + step / 2, cy - half - step / 2,
+              cy + half + step / 2)
+    return img, extent
+
+
+def write_fit_outputs(result: FitResult, out_dir, overwrite: bool = False,
+                      extra_settings: dict | None = None, truths: dict | None = None) -> dict:
+    """Write the files of a fit into ``out_dir`` (which must exist).
+
+    * ``summary.json``: ``parameters`` (per scalar parameter: ``mean``, ``std``, ``p16``,
+      ``p50``, ``p84``, and ``r_hat``, ``ess_bulk``, ``ess_tail`` for HMC), ``best_fit``
+      (MAP values), ``settings``, ``timings`` (seconds), ``sampler`` (HMC acceptance,
+      divergences, step sizes), ``subhalo_detection`` (when run; see
+      :func:`detection_summary`), ``truths`` when given;
+    * ``samples.npz`` (constrained draws ``[draws, chains]`` per parameter name, HMC
+      statistics as ``sample_stats/<name>``) and ``samples.nc`` (ArviZ netCDF, when ArviZ
+      is installed);
+    * ``fit.png``: data, best-fit model, normalised residuals ``(data - model) / sigma``
+      and the reconstructed source; ``corner.png``: the posterior of the lens and subhalo
+      parameters.
+
+    Every file is written through a temporary name and renamed. Returns ``{kind: path}``.
+    """
+    from .. import plotting
+
+    out_dir = os.fspath(out_dir)
+    paths = {}
+    model = result.model
+    summary = {
+        "parameters": result.summary,
+        "best_fit": result.best_fit,
+        "method": result.method,
+        "settings": {**result.settings, **(extra_settings or {})},
+        "timings": result.timings,
+        "model": repr(model),
+    }
+    if result.mcmc is not None:
+        m = result.mcmc
+        summary["sampler"] = {
+            "kernel": m.kernel, "num_chains": int(m.num_chains),
+            "num_results": int(m.num_results),
+            "acceptance_rate": [float(a) for a in np.ravel(m.acceptance_rate)],
+            "num_divergences": [int(a) for a in np.ravel(m.num_divergences)],
+            "step_size": [float(a) for a in np.ravel(m.step_size)],
+            "max_r_hat": max((v["r_hat"] for v in result.summary.values()), default=None),
+            "min_ess_bulk": min((v["ess_bulk"] for v in result.summary.values()),
+                                default=None),
+        }
+    if result.detection is not None:
+        summary["subhalo_detection"] = detection_summary(result.detection)
+    if truths:
+        summary["truths"] = {k: float(v) for k, v in truths.items()}
+    path = os.path.join(out_dir, "summary.json")
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(_json_safe(summary), fh, indent=2)
+    paths["summary"] = path
+
+    samples = {name: result.samples[..., i] for i, name in enumerate(result.param_names)}
+    stats = None
+    if result.mcmc is not None:
+        stats = {k: np.asarray(v) for k, v in result.mcmc.sample_stats.items()}
+    saved = save_samples(os.path.join(out_dir, "samples.npz"), samples, stats,
+                         overwrite=overwrite)
+    paths.update({k: v for k, v in saved.items() if v})
+
+    data = np.asarray(result.data)
+    best = model.render(result.map.params)
+    best = np.asarray(best).reshape(data.shape)
+    if model.noise_map is None:
+        sigma = np.sqrt(np.asarray(model.observation._variance(tf.constant(best))))
+    else:
+        sigma = np.asarray(model.noise_map)
+    resid = (data - best) / sigma
+    src, src_extent = _source_image(model, result.map.params)
+    paths["fit"] = plotting.save_fit_panels(
+        os.path.join(out_dir, "fit.png"), data, best, resid, src,
+        pixel_scale=model.observation.pixel_scale, source_extent=src_extent,
+        overwrite=overwrite)
+    corner_names = [n for n in result.param_names if n in result.summary
+                    and not n.startswith("source.z.")][:14]
+    idx = [result.param_names.index(n) for n in corner_names]
+    flat = result.samples.reshape(-1, result.samples.shape[-1])[:, idx]
+    tv = None
+    if truths:
+        tv = [truths.get(n) for n in corner_names]
+    paths["corner"] = plotting.save_corner(os.path.join(out_dir, "corner.png"), flat,
+                                           corner_names, truths=tv, overwrite=overwrite)
+    return paths
