@@ -11,9 +11,9 @@ PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretr
 
 #: Known pretrained models: name -> description.
 PRETRAINED_MODELS = {
-    "synthetic_galaxies_64": "VAE (latent_dim 64, 64x64 stamps, default architecture) trained on "
-                             "the synthetic_galaxies TFDS dataset with `tfstronglens train-vae "
-                             "--dataset synthetic_galaxies`",
+    "synthetic_galaxies_64": "VAE (latent_dim 64, 64x64 stamps, base_filters 16, max_filters 64) "
+                             "trained on the synthetic_galaxies/64 TFDS dataset for 12 epochs "
+                             "(see tfstronglens/models/pretrained/README.md)",
 }
 
 
