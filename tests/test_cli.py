@@ -123,7 +123,7 @@ def test_refuses_a_file_as_output_directory(tmp_path):
     (["simulate-example", "--supersample", "0"], "--supersample"),
     (["simulate-example", "--seed", "-1"], "--seed"),
     (["simulate-example", "--bogus"], "--bogus"),
-    (["demo"], "invalid choice"),
+    (["no-such-command"], "invalid choice"),
     ([], "required"),
 ])
 def test_bad_arguments_give_one_line_error_and_exit_code_2(tmp_path, argv, needle):

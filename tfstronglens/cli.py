@@ -23,6 +23,16 @@ Commands
     directory resumes it (a non-empty ``--out`` is refused unless it is such a checkpoint
     directory or ``--overwrite`` is given, which starts afresh).
 
+``fit``
+    Fit an observed lens image (FITS) by MAP -> VI -> HMC
+    (:func:`tfstronglens.inference.fit_lens`) and write ``summary.json``, the samples and
+    PNGs into ``--out`` (:mod:`tfstronglens.cli_fit`).
+
+``demo``
+    The embedded end-to-end example (:mod:`tfstronglens.inference.demo`): simulate an
+    HST-like lens with a VAE source and one subhalo, fit it and print the recovered
+    parameters, the truths and the subhalo detection statistic.
+
 Exit codes: 0 on success, 2 for bad arguments or a refused overwrite, 1 when writing
 fails.
 """
@@ -198,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compile the training step with XLA (GPU/TPU; slow to compile on CPU)")
     tv.add_argument("--no-progress", action="store_true", help="no progress bar")
     tv.set_defaults(func=_train_vae)
+
+    from .cli_fit import add_parsers
+
+    add_parsers(sub, _UserError)
     return parser
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from .io._atomic import atomic_output, check_output_path
 from .lensing.grid import PixelGrid
 
-__all__ = ["plot_image", "save_png"]
+__all__ = ["plot_image", "save_png", "save_fit_panels", "plot_corner", "save_corner"]
 
 
 def _as_image(image) -> np.ndarray:
@@ -152,3 +152,120 @@ def save_png(path, image, grid_or_extent=None, title=None, log: bool = False, *,
     with atomic_output(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path
+
+
+def _new_figure(figsize, dpi=100):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig, path, overwrite, dpi=100):
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
+def save_fit_panels(path, data, model, residuals, source=None, *, pixel_scale=None,
+                    source_extent=None, overwrite: bool = False, dpi: int = 100):
+    """Write a PNG with the panels of a lens fit: data, model, normalised residuals
+    ``(data - model) / sigma`` (colour range -5..5) and, if given, the reconstructed source
+    (surface brightness on the source plane, ``source_extent`` in arcsec).
+
+    Data and model share one colour scale. With ``pixel_scale`` (arcsec) the image axes are
+    in arcsec, centred on the image centre (:class:`~tfstronglens.PixelGrid` convention).
+    Written atomically; returns the path.
+    """
+    path = check_output_path(path, overwrite)
+    data, model, residuals = _as_image(data), _as_image(model), _as_image(residuals)
+    if not data.shape == model.shape == residuals.shape:
+        raise ValueError(f"data, model and residuals must have the same shape, got "
+                         f"{data.shape}, {model.shape}, {residuals.shape}")
+    extent = None
+    if pixel_scale is not None:
+        half = 0.5 * data.shape[0] * float(pixel_scale)
+        extent = (-half, half, -half, half)
+    panels = 4 if source is not None else 3
+    fig = _new_figure((4.2 * panels, 3.8), dpi)
+    axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+    lo, hi = np.nanpercentile(np.concatenate([data.ravel(), model.ravel()]), [0.5, 99.9])
+    plot_image(data, extent, ax=axes[0], title="data", vmin=lo, vmax=hi)
+    plot_image(model, extent, ax=axes[1], title="best-fit model", vmin=lo, vmax=hi)
+    chi2 = float(np.mean(residuals ** 2))
+    plot_image(residuals, extent, ax=axes[2], cmap="RdBu_r", vmin=-5, vmax=5,
+               title=f"(data - model)/sigma, chi2/pix {chi2:.2f}")
+    if source is not None:
+        plot_image(source, source_extent, ax=axes[3], title="reconstructed source")
+    fig.tight_layout()
+    return _save_figure(fig, path, overwrite, dpi)
+
+
+def plot_corner(samples, names, truths=None, fig=None, bins: int = 30):
+    """A corner plot: 1D histograms on the diagonal, 2D histograms below.
+
+    Args:
+      samples: ``[num_draws, K]`` array.
+      names: ``K`` labels.
+      truths: optional ``K`` values (``None`` entries skipped) drawn as lines.
+      fig: matplotlib ``Figure`` to draw on (default: a new pyplot figure).
+      bins: histogram bins per axis.
+
+    Returns:
+      The figure.
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] < 2:
+        raise ValueError(f"samples must have shape [num_draws >= 2, K], got {s.shape}")
+    k = s.shape[1]
+    names = [str(n) for n in names]
+    if len(names) != k:
+        raise ValueError(f"names has {len(names)} entries but samples have K={k} columns")
+    if truths is not None and len(truths) != k:
+        raise ValueError(f"truths has {len(truths)} entries but samples have K={k} columns")
+    if fig is None:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=(1.6 * k + 1, 1.6 * k + 1))
+    ranges = []
+    for j in range(k):
+        lo, hi = np.percentile(s[:, j], [0.5, 99.5])
+        if not hi > lo:
+            lo, hi = lo - 0.5 * (abs(lo) + 1e-12), hi + 0.5 * (abs(hi) + 1e-12)
+        ranges.append((lo, hi))
+    for i in range(k):
+        for j in range(i + 1):
+            ax = fig.add_subplot(k, k, i * k + j + 1)
+            if i == j:
+                ax.hist(s[:, j], bins=bins, range=ranges[j], histtype="step", color="k")
+                ax.set_yticks([])
+            else:
+                ax.hist2d(s[:, j], s[:, i], bins=bins, range=[ranges[j], ranges[i]],
+                          cmap="Greys")
+                if truths is not None and truths[i] is not None:
+                    ax.axhline(truths[i], color="tab:red", lw=0.8)
+            if truths is not None and truths[j] is not None:
+                ax.axvline(truths[j], color="tab:red", lw=0.8)
+            ax.tick_params(labelsize=5)
+            if i == k - 1:
+                ax.set_xlabel(names[j], fontsize=6)
+            else:
+                ax.set_xticklabels([])
+            if j == 0 and i > 0:
+                ax.set_ylabel(names[i], fontsize=6)
+            elif i != j:
+                ax.set_yticklabels([])
+    return fig
+
+
+def save_corner(path, samples, names, truths=None, *, overwrite: bool = False,
+                dpi: int = 100, bins: int = 30):
+    """:func:`plot_corner` written to a PNG, atomically; returns the path."""
+    path = check_output_path(path, overwrite)
+    k = len(names)
+    fig = _new_figure((1.6 * k + 1, 1.6 * k + 1), dpi)
+    plot_corner(samples, names, truths=truths, fig=fig, bins=bins)
+    fig.tight_layout()
+    return _save_figure(fig, path, overwrite, dpi)

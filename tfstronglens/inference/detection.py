@@ -43,9 +43,10 @@ depends on the priors, in particular on the mass range and the searched region).
 
 The ``H0`` fit starts from the prior (``num_starts`` starts). The ``H1`` starts take the
 best ``H0`` parameters for the lens and source, and the subhalo positions on a regular
-``k x k`` grid over ``subhalo_region`` (``k = floor(sqrt(num_starts))``, remaining starts
-at random positions) with masses drawn from the log-uniform prior: a coarse scan of the
-region that gradient steps then refine. Since ``H1`` thereby continues the lens and
+``k x k`` grid over ``subhalo_region`` (``k = floor(sqrt(num_starts))``; their masses
+start at 3/4 of the log mass range, so that the image responds to the subhalo's position;
+the remaining starts at random positions with masses drawn from the log-uniform prior): a
+coarse scan of the region that gradient steps then refine. Since ``H1`` thereby continues the lens and
 source optimisation for ``num_steps`` more steps, all ``H0`` starts are continued for as
 many steps too (otherwise an incompletely converged ``H0`` fit would inflate
 ``Delta log L``).
@@ -135,7 +136,14 @@ def _subhalo_starts(model_with, fit0: MAPResult, num_starts, seed):
     cy[:n_grid] = yy.ravel()
     init["subhalo.0.center_x"] = cx
     init["subhalo.0.center_y"] = cy
-    init["subhalo.0.mass"] = draws["subhalo.0.mass"]
+    # Grid starts begin heavy (at 3/4 of the log mass range): a light subhalo barely
+    # changes the image, so the gradient with respect to its position would vanish and it
+    # could not move towards the signal; the optimisation then lowers the mass as needed.
+    m_min, m_max = (float(v) for v in model_with.subhalo_mass_range)
+    heavy = math.exp(math.log(m_min) + 0.75 * (math.log(m_max) - math.log(m_min)))
+    mass = draws["subhalo.0.mass"].numpy().copy()
+    mass[:n_grid] = heavy
+    init["subhalo.0.mass"] = mass
     return init
 
 
@@ -189,7 +197,8 @@ def detect_subhalo(model: LensModel, data=None, num_starts: int = 64, num_steps:
     fit1 = find_map(m1, d, seed=s1, init=init, **common)
     # H1's lens/source parameters had num_steps more optimisation than H0's: continue H0's
     # starts for as long, so that an unconverged H0 does not inflate Delta log L
-    fit0 = find_map(m0, d, seed=s0, init=fit0.all_x, **common)
+    fit0 = find_map(m0, d, seed=s0, init=fit0.all_x,
+                    **dict(common, num_starts=int(np.shape(fit0.all_x)[0])))
     dll = fit1.objective - fit0.objective
     sigma, p = wilks_significance(dll, dof=dof, boundary=boundary)
     log_bf = None

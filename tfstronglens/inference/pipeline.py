@@ -16,7 +16,8 @@ r"""The end-to-end inference sequence MAP -> VI -> HMC, its summaries and its ou
    (``x = L u`` with ``L L^T`` the VI covariance), step size adapted during burn-in;
    R-hat and bulk/tail ESS per parameter (Vehtari et al. 2021);
 5. optionally the **subhalo detection** likelihood-ratio test
-   (:func:`~tfstronglens.inference.detect_subhalo`).
+   (:func:`~tfstronglens.inference.detect_subhalo`), whose no-subhalo fit starts from the
+   MAP's lens and source parameters (a few jittered starts).
 
 This is the sequence of GIGA-Lens (Gu et al. 2022). :func:`write_fit_outputs` writes
 ``summary.json``, the samples (``samples.npz`` and, with ArviZ, ``samples.nc``) and PNGs.
@@ -112,7 +113,9 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              num_results: int = 500, num_burnin: int = 500, max_tree_depth: int = 8,
              target_accept: float = 0.8, detect: bool | None = None,
              detection_starts: int | None = None, detection_steps: int | None = None,
-             checkpoint: str | None = None, progress: bool = True) -> FitResult:
+             detection_learning_rate: float | None = None,
+             checkpoint: str | None = None, progress: bool = True,
+             hmc_jit_compile: bool | None = None) -> FitResult:
     r"""Fit ``model`` to ``data``: MAP, then Laplace (``"map"``), VI (``"vi"``) or VI + NUTS
     (``"hmc"``), then optionally the subhalo detection test (see module docs).
 
@@ -128,10 +131,14 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
       num_samples: draws from the Laplace or VI posterior to summarise.
       num_chains, num_results, num_burnin, max_tree_depth, target_accept: NUTS.
       detect: run :func:`~tfstronglens.inference.detect_subhalo` (default: when the
-        model has subhalos); detection_starts, detection_steps: its MAP fits (default:
-        ``num_starts`` and ``map_steps``).
+        model has subhalos); detection_starts, detection_steps, detection_learning_rate:
+        its maximum-likelihood fits (default: ``num_starts``, ``map_steps`` and
+        ``0.4 map_learning_rate``: smaller steps keep the converged lens and source while
+        the subhalo, started on a grid of positions, moves).
       checkpoint: ``.npz`` file for the NUTS state (resumes from it when present).
       progress: progress bars for each stage.
+      hmc_jit_compile: compile the NUTS chunks with XLA (default: as the model,
+        ``model.jit_compile``).
 
     Returns:
       a :class:`FitResult`.
@@ -195,7 +202,9 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                               num_results=num_results, num_burnin=num_burnin, kernel="nuts",
                               step_size=0.5, max_tree_depth=max_tree_depth, mass_matrix=cov,
                               target_accept=target_accept, seed=seeds[2],
-                              checkpoint=checkpoint, progress=progress)
+                              checkpoint=checkpoint, progress=progress,
+                              jit_compile=(model.jit_compile if hmc_jit_compile is None
+                                           else bool(hmc_jit_compile)))
             timings["hmc"] = time.perf_counter() - t
             samples = _constrained(model, mcmc.samples)
             stats = summarize(samples, names=names)
@@ -213,10 +222,20 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         detect = model.num_subhalos > 0
     if detect:
         t = time.perf_counter()
+        det_starts = detection_starts or num_starts
+        det_steps = detection_steps or map_steps
+        # H0 (no subhalo) maximum likelihood, started at the MAP's lens and source: a few
+        # jittered starts converge much faster than starts from the prior.
+        m0 = model.replace(num_subhalos=0) if model.num_subhalos else model
+        init0 = {k: v for k, v in map_res.params.items() if not k.startswith("subhalo.")}
+        fit0 = find_map(m0, d, num_starts=max(1, min(8, det_starts)), num_steps=det_steps,
+                        learning_rate=0.2 * map_learning_rate, seed=seeds[4], init=init0,
+                        init_jitter=0.02, objective="likelihood", progress=progress)
         detection = detect_subhalo(
-            model, d, num_starts=detection_starts or num_starts,
-            num_steps=detection_steps or map_steps, learning_rate=map_learning_rate,
-            seed=seeds[3], progress=progress)
+            model, d, num_starts=det_starts, num_steps=det_steps,
+            learning_rate=detection_learning_rate or 0.4 * map_learning_rate,
+            seed=seeds[3], fit_without=fit0,
+            progress=progress)
         timings["detection"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     settings = dict(method=method, seed=seed, num_starts=num_starts, map_steps=map_steps,
@@ -224,7 +243,9 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     vi_steps=vi_steps, vi_learning_rate=vi_learning_rate,
                     num_samples=num_samples, num_chains=num_chains, num_results=num_results,
                     num_burnin=num_burnin, max_tree_depth=max_tree_depth,
-                    target_accept=target_accept, detect=bool(detect))
+                    target_accept=target_accept, detect=bool(detect),
+                    detection_starts=detection_starts, detection_steps=detection_steps,
+                    detection_learning_rate=detection_learning_rate)
     return FitResult(method=method, param_names=names, samples=samples, summary=summary,
                      best_fit=best_fit, map=map_res, laplace=laplace, vi=vi_res, mcmc=mcmc,
                      detection=detection, timings=timings, settings=settings, model=model,

@@ -1,0 +1,202 @@
+"""The fit pipeline's edges: reading observed images, ``fit_lens``, output files, the
+``fit`` and ``demo`` commands."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from astropy.io import fits
+
+import tfstronglens as tsl
+from tfstronglens.cli import main
+from tfstronglens.inference import LensModel, fit_lens, write_fit_outputs
+from tfstronglens.io import load_lens_image, pixel_scale_from_header, write_fits
+
+N = 24
+PIX = 0.1
+
+
+def _model(jit=False, **kw):
+    obs = tsl.Observation(N, PIX, 1000.0, background_rms=0.05, psf=tsl.GaussianPSF(0.15))
+    return LensModel(obs, "sie+shear", "sersic", amp_scale=20.0, supersample=1,
+                     jit_compile=jit, **kw)
+
+
+TRUTH = {"lens.0.theta_E": 0.8, "lens.0.e1": 0.05, "lens.0.e2": -0.03, "lens.0.center_x": 0.0,
+         "lens.0.center_y": 0.02, "lens.1.gamma1": 0.01, "lens.1.gamma2": -0.01,
+         "source.0.amp": 20.0, "source.0.R_sersic": 0.15, "source.0.n_sersic": 1.5,
+         "source.0.e1": 0.05, "source.0.e2": 0.0, "source.0.center_x": 0.05,
+         "source.0.center_y": -0.03}
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    model = _model()
+    params = {k: tf.constant([v], model.dtype) for k, v in TRUTH.items()}
+    data = np.asarray(model.simulate(params, seed=3))[0]
+    path = tmp_path_factory.mktemp("img") / "lens.fits"
+    kernel = np.asarray(tsl.GaussianPSF(0.15).kernel(PIX))
+    write_fits(path, data.astype(np.float32), pixel_scale=PIX,
+               header={"BKGRMS": 0.05, "EXPTIME": 1000.0}, PSF=kernel.astype(np.float32))
+    return model, data, str(path)
+
+
+# ------------------------------------------------------------------ reading images
+def test_load_lens_image_reads_header_psf_and_noise(simulated):
+    _, data, path = simulated
+    img = load_lens_image(path)
+    np.testing.assert_allclose(img.data, data, rtol=1e-6)
+    obs = img.observation
+    assert obs.pixel_scale == pytest.approx(PIX)
+    assert obs.background_rms == pytest.approx(0.05)
+    assert obs.exposure_time == pytest.approx(1000.0)
+    assert isinstance(obs.psf, tsl.PixelPSF)
+    assert img.noise_map is None
+    assert any("PSF extension" in n for n in img.notes)
+
+
+def test_load_lens_image_overrides_and_errors(tmp_path, simulated):
+    _, data, path = simulated
+    img = load_lens_image(path, noise_rms=0.2, pixel_scale=0.05, psf_fwhm=0.1,
+                          psf=None)
+    assert img.observation.pixel_scale == 0.05
+    assert img.observation.background_rms == 0.2
+    # no exposure anywhere: Gaussian background only, as a constant noise map
+    bare = tmp_path / "bare.fits"
+    write_fits(bare, data, pixel_scale=PIX)
+    img = load_lens_image(bare, noise_rms=0.07)
+    np.testing.assert_allclose(img.noise_map, 0.07)
+    with pytest.raises(ValueError, match="noise"):
+        load_lens_image(bare)
+    noscale = tmp_path / "noscale.fits"
+    write_fits(noscale, data)
+    with pytest.raises(ValueError, match="pixel scale"):
+        load_lens_image(noscale, noise_rms=0.1)
+    rect = tmp_path / "rect.fits"
+    write_fits(rect, np.zeros((4, 6)), pixel_scale=PIX)
+    with pytest.raises(ValueError, match="square"):
+        load_lens_image(rect, noise_rms=0.1)
+    nmap = tmp_path / "nmap.fits"
+    write_fits(nmap, np.ones((3, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        load_lens_image(path, noise_map=nmap)
+    with pytest.raises(FileNotFoundError):
+        load_lens_image(tmp_path / "missing.fits", noise_rms=0.1)
+    with pytest.raises(ValueError, match="pixel_scale"):
+        load_lens_image(path, pixel_scale=-1.0)
+
+
+def test_pixel_scale_from_wcs():
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    h["CDELT1"], h["CDELT2"] = -0.05 / 3600, 0.05 / 3600
+    h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
+    assert pixel_scale_from_header(h) == pytest.approx(0.05)
+    h2 = fits.Header()
+    h2["CTYPE1"], h2["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    h2["CD1_1"], h2["CD1_2"], h2["CD2_1"], h2["CD2_2"] = -0.03 / 3600, 0.0, 0.0, 0.03 / 3600
+    assert pixel_scale_from_header(h2) == pytest.approx(0.03)
+    assert pixel_scale_from_header(fits.Header()) is None
+
+
+# ------------------------------------------------------------------ fit_lens + outputs
+def test_fit_lens_map_recovers_truth_and_writes_outputs(tmp_path, simulated):
+    model, data, _ = simulated
+    res = fit_lens(model, data, method="map", num_starts=32, map_steps=300, seed=1,
+                   num_samples=500, progress=False)
+    assert res.samples.shape == (500, 1, len(model.param_names))
+    s = res.summary
+    # the Einstein radius is measured to far better than 0.02" at this S/N
+    assert s["lens.0.theta_E"]["mean"] == pytest.approx(TRUTH["lens.0.theta_E"], abs=0.02)
+    assert s["lens.0.theta_E"]["p16"] <= s["lens.0.theta_E"]["p50"] <= s["lens.0.theta_E"]["p84"]
+    # the MAP is in the truth's mode: its log posterior is near the truth's (a wrong mode
+    # of this 14-parameter problem is hundreds below). 32 starts x 300 steps do not always
+    # reach the exact maximum (tens below happens), hence the tolerance.
+    lp_truth = float(model.log_posterior({k: tf.constant(v) for k, v in TRUTH.items()}, data))
+    assert res.map.log_posterior >= lp_truth - 80.0
+    paths = write_fit_outputs(res, tmp_path, truths=TRUTH)
+    summary = json.load(open(paths["summary"]))
+    assert set(summary["parameters"]) == set(model.param_names)
+    for key in ("mean", "std", "p16", "p50", "p84"):
+        assert np.isfinite(summary["parameters"]["lens.0.theta_E"][key])
+    assert summary["method"] == "map" and summary["timings"]["total"] > 0
+    npz = np.load(paths["npz"])
+    assert npz["lens.0.theta_E"].shape == (500, 1)
+    for kind in ("fit", "corner"):
+        assert os.path.getsize(paths[kind]) > 1000
+    with pytest.raises(FileExistsError):
+        write_fit_outputs(res, tmp_path)
+    with pytest.raises(ValueError, match="method"):
+        fit_lens(model, data, method="mcmc")
+
+
+# ------------------------------------------------------------------ CLI
+def test_fit_cli_map(tmp_path, simulated, capsys):
+    _, _, path = simulated
+    out = tmp_path / "fit"
+    args = [
+        "fit", path, "--lens", "sie+shear", "--source", "sersic", "--method", "map",
+        "--num-starts", "8", "--map-steps", "100", "--out", str(out), "--no-progress",
+        "--no-xla",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "lens.0.theta_E" in printed
+    summary = json.load(open(out / "summary.json"))
+    assert summary["settings"]["lens"] == "sie+shear"
+    assert summary["settings"]["pixel_scale"] == pytest.approx(PIX)
+    assert "lens.0.theta_E" in summary["parameters"]
+    assert (out / "fit.png").exists() and (out / "corner.png").exists()
+    # a non-empty output directory is refused without --overwrite
+    assert main(args) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_fit_cli_bad_input(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "nope.fits"), "--lens", "sie+shear", "--source",
+                 "sersic", "--out", str(tmp_path / "o"), "--noise-rms", "0.1"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["fit", "x.fits", "--lens", "nfw", "--source", "sersic", "--out", "o"]) == 2
+    assert main(["fit", "x.fits", "--lens", "sie+shear", "--source", "sersic", "--out", "o",
+                 "--noise-rms", "-1"]) == 2
+
+
+def test_demo_problem_is_consistent():
+    from tfstronglens.inference.demo import DEMO_TRUTH, demo_problem
+
+    model, truth, data = demo_problem(num_pix=48)
+    assert len(model.param_names) == 77
+    assert set(DEMO_TRUTH) <= set(truth)
+    assert data.shape == (48, 48)
+    # the data are the truth plus noise: chi^2 at the truth is N^2 within a few sigma
+    params = {k: tf.constant(v, model.dtype) for k, v in truth.items()}
+    img = np.asarray(model.render(params))[0]
+    sigma = np.sqrt(np.asarray(model.observation._variance(tf.constant(img))))
+    chi2 = float(np.sum(((data - img) / sigma) ** 2))
+    assert abs(chi2 - 48 * 48) < 5 * np.sqrt(2 * 48 * 48)
+    # the matched-filter S/N of the lensed source is the demo's
+    lensed = model.replace(num_subhalos=0).render(
+        {k: v for k, v in params.items() if not k.startswith("subhalo.")})
+    assert float(model.observation.snr(lensed)[0]) == pytest.approx(80.0, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "subhalo detection" in printed
+    summary = json.load(open(tmp_path / "demo" / "summary.json"))
+    truth = summary["truths"]
+    # the Einstein radius and the source position are recovered within their 68% intervals
+    # widened to 2 sigma
+    for name in ("lens.0.theta_E", "source.0.center_x", "source.0.center_y"):
+        s = summary["parameters"][name]
+        assert abs(s["mean"] - truth[name]) < 2 * s["std"] + 1e-3, name
+    det = summary["subhalo_detection"]
+    for key in ("delta_log_likelihood", "significance_sigma", "mass_msun"):
+        assert np.isfinite(det[key])
+    # (the significance of the demo's subhalo is not asserted: with the flexible VAE
+    # source refitted, the 1e11 M_sun TNFW subhalo's likelihood gain was ~0.6 in the
+    # recorded runs; see the issue notes)

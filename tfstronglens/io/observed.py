@@ -1,0 +1,167 @@
+"""Read an observed lens image (and its PSF and noise) from FITS into an Observation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from .fits import read_fits
+
+__all__ = ["ObservedImage", "load_lens_image", "pixel_scale_from_header"]
+
+
+def pixel_scale_from_header(header):
+    """Pixel scale in arcsec from a FITS header: ``PIXSCALE`` (arcsec), else the WCS
+    (``CDELT``/``CD``/``PC`` matrix, degrees per pixel; the geometric mean of the two axes'
+    scales), else ``None``."""
+    if header is None:
+        return None
+    if "PIXSCALE" in header:
+        value = float(header["PIXSCALE"])
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"header PIXSCALE must be a positive number, got {value!r}")
+        return value
+    has_wcs = any(k in header for k in ("CD1_1", "CDELT1", "PC1_1"))
+    if not has_wcs:
+        return None
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wcs = WCS(header).celestial
+    if wcs.naxis != 2:
+        return None
+    scales = proj_plane_pixel_scales(wcs)  # in the units of CUNIT (degrees by default)
+    units = [str(u) for u in wcs.wcs.cunit]
+    factor = 3600.0 if all(u in ("deg", "") for u in units) else None
+    if factor is None:
+        return None
+    value = float(np.sqrt(scales[0] * scales[1])) * factor
+    return value if math.isfinite(value) and value > 0 else None
+
+
+class ObservedImage:
+    """An image with what a fit needs: ``data`` (``[N, N]`` float, e-/s per pixel),
+    ``observation`` (:class:`~tfstronglens.observation.Observation`: pixel scale, PSF,
+    background noise and exposure), ``noise_map`` (``[N, N]`` per-pixel sigma or ``None``)
+    and the primary ``header``; ``notes`` lists the choices made (where each value came
+    from)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _positive(value, name):
+    if value is None:
+        return None
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return value
+
+
+def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
+                    noise_map=None, exposure_time=None, pixel_scale=None,
+                    dtype="float32") -> ObservedImage:
+    """Read a lens image and build its :class:`~tfstronglens.observation.Observation`.
+
+    Args:
+      path: FITS file of the image (primary HDU, or ``hdu``). It must be square, ``N x N``;
+        pixel ``(row, column) = (y, x)``, pixel centres symmetric about 0
+        (:class:`~tfstronglens.PixelGrid`). Units: e-/s per pixel (the Poisson term of the
+        noise uses the exposure time in seconds).
+      psf: FITS file of a pixel PSF kernel (normalised to sum 1 here); default: the image
+        file's ``PSF`` extension if it has one, else ``psf_fwhm``, else no PSF.
+      psf_fwhm: FWHM in arcsec of a Gaussian PSF, if no kernel is given.
+      noise_rms: background noise per pixel (e-/s); default: header ``BKGRMS`` or ``SIGMABKG``.
+      noise_map: FITS file of a per-pixel noise sigma map (e-/s), used as is (then neither
+        the background rms nor the exposure time enter the likelihood).
+      exposure_time: total exposure in seconds (default: header ``EXPTIME``); with it the
+        likelihood adds the source's Poisson noise ``max(model, 0) / T``; without it the
+        noise is the background rms alone.
+      pixel_scale: arcsec per pixel (default: header ``PIXSCALE`` or the WCS).
+      dtype: ``"float32"`` or ``"float64"``.
+
+    Raises:
+      FileNotFoundError: a file does not exist.
+      ValueError: the image is not square or not finite, the pixel scale or noise level
+        is unknown or invalid, a map has the wrong shape.
+    """
+    from ..lensing import GaussianPSF, PixelPSF
+    from ..observation import Observation
+
+    image, header = read_fits(path, hdu=hdu)
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"the image in {path!r} must be a square 2D array, got shape "
+                         f"{image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"the image in {path!r} has non-finite pixels (NaN or inf); "
+                         "mask or fill them first")
+    n = image.shape[0]
+    notes = []
+    pixel_scale = _positive(pixel_scale, "pixel_scale")
+    if pixel_scale is None:
+        pixel_scale = pixel_scale_from_header(header)
+        if pixel_scale is None:
+            raise ValueError(f"no pixel scale: {path!r} has neither PIXSCALE nor a celestial "
+                             "WCS in its header; give --pixel-scale")
+        notes.append(f"pixel scale {pixel_scale:g} arcsec from the header")
+
+    kernel = None
+    if psf is not None:
+        kernel, _ = read_fits(psf)
+        notes.append(f"PSF kernel from {psf}")
+    else:
+        try:
+            kernel, _ = read_fits(path, hdu="PSF")
+            notes.append("PSF kernel from the image file's PSF extension")
+        except ValueError:
+            kernel = None
+    if kernel is not None:
+        kernel = np.asarray(kernel, np.float64)
+        if kernel.ndim != 2 or not np.all(np.isfinite(kernel)) or not kernel.sum() > 0:
+            raise ValueError(f"the PSF kernel must be a finite 2D array with positive sum, "
+                             f"got shape {kernel.shape}")
+        psf_obj = PixelPSF(kernel / kernel.sum())
+    elif psf_fwhm is not None:
+        psf_obj = GaussianPSF(_positive(psf_fwhm, "psf_fwhm"))
+        notes.append(f"Gaussian PSF of FWHM {psf_fwhm:g} arcsec")
+    else:
+        psf_obj = None
+        notes.append("no PSF (none given and no PSF extension)")
+
+    sigma_map = None
+    if noise_map is not None:
+        sigma_map, _ = read_fits(noise_map)
+        sigma_map = np.asarray(sigma_map, np.float64)
+        if sigma_map.shape != image.shape:
+            raise ValueError(f"noise map {noise_map!r} has shape {sigma_map.shape}, the image "
+                             f"{image.shape}")
+        if not (np.all(np.isfinite(sigma_map)) and np.all(sigma_map > 0)):
+            raise ValueError(f"noise map {noise_map!r} must be finite and positive everywhere")
+        notes.append(f"noise map from {noise_map}")
+
+    noise_rms = _positive(noise_rms, "noise_rms")
+    for key in ("BKGRMS", "SIGMABKG"):
+        if noise_rms is None and key in header:
+            noise_rms = _positive(header[key], f"header {key}")
+            notes.append(f"background rms {noise_rms:g} e-/s from the header ({key})")
+    exposure_time = _positive(exposure_time, "exposure_time")
+    if exposure_time is None and "EXPTIME" in header and sigma_map is None:
+        exposure_time = _positive(header["EXPTIME"], "header EXPTIME")
+        notes.append(f"exposure {exposure_time:g} s from the header (EXPTIME)")
+    if sigma_map is None and noise_rms is None:
+        raise ValueError("unknown noise level: give --noise-rms or --noise-map (the header "
+                         "has no BKGRMS or SIGMABKG)")
+    if sigma_map is None and exposure_time is None:
+        sigma_map = np.full(image.shape, noise_rms)
+        notes.append("no exposure time: Gaussian noise of the background rms only (no "
+                     "Poisson term)")
+    obs = Observation(n, pixel_scale, exposure_time or 1.0, psf=psf_obj,
+                      background_rms=noise_rms if noise_rms is not None else 0.0, dtype=dtype)
+    return ObservedImage(data=image, observation=obs, noise_map=sigma_map, header=header,
+                         notes=notes, path=str(path))
