@@ -154,12 +154,12 @@ def _fit_kwargs(args):
                 progress=not args.no_progress)
 
 
-def _print_summary(result, stream=sys.stdout):
+def _print_summary(result):
     from .inference import format_summary
 
     rows = {k: dict(v, sd=v["std"]) for k, v in result.summary.items()
             if not k.startswith("source.z.")}
-    print(format_summary(rows), file=stream)
+    print(format_summary(rows))
 
 
 def _fit(args, user_error) -> int:
