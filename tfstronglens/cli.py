@@ -105,6 +105,15 @@ def _seed(text):
     return value
 
 
+def _check_output_dir(out, overwrite: bool, what: str = "into it anyway"):
+    """Refuse an ``--out`` that is a file, or a non-empty directory without ``--overwrite``."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _UserError(f"--out {out!r} exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise _UserError(f"output directory {out!r} is not empty; pass --overwrite to write "
+                         f"{what}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tfstronglens",
@@ -211,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_fit import add_parsers
 
-    add_parsers(sub, _UserError)
+    add_parsers(sub)
     return parser
 
 
@@ -265,11 +274,7 @@ class _UserError(Exception):
 
 def _simulate_example(args) -> int:
     out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise _UserError(f"--out {out!r} exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise _UserError(f"output directory {out!r} is not empty; pass --overwrite to write "
-                         "lens.fits and lens.png into it anyway")
+    _check_output_dir(out, args.overwrite, "lens.fits and lens.png into it anyway")
     sim, params = example_lens(args.num_pix, args.pixel_scale, args.supersample)
     model = sim(**params).numpy()[0]
     rng = np.random.default_rng(args.seed)
@@ -338,11 +343,7 @@ def _simulate_dataset(args) -> int:
     except (TypeError, ValueError) as exc:
         raise _UserError(f"invalid config: {exc}") from None
     out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise _UserError(f"--out {out!r} exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise _UserError(f"output directory {out!r} is not empty; pass --overwrite to write "
-                         "into it anyway")
+    _check_output_dir(out, args.overwrite)
     gen = LensDatasetGenerator(config)
     paths = write_dataset(gen, args.n, out, overwrite=args.overwrite,
                           progress=not args.no_progress, batch_size=args.batch_size)

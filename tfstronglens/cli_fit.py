@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
-import numpy as np
+from .cli import _check_output_dir, _positive_float, _positive_int, _seed
 
 __all__ = ["add_parsers"]
+
+# parsers of the count options (starts, steps, chains, draws) and of non-negative integers
+_count = _positive_int(10**9)
+_non_negative = _seed
 
 _LENSES = ("sie+shear", "epl+shear")
 _SOURCES = ("vae", "sersic", "pixelated")
 _METHODS = ("map", "vi", "hmc")
-
-
-def _pos_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
 
 
 def _add_inference_args(p, defaults):
@@ -45,22 +26,22 @@ def _add_inference_args(p, defaults):
                    help="map: multi-start MAP + Laplace; vi: + variational (full-rank "
                         "Gaussian); hmc: + NUTS preconditioned by the VI covariance "
                         "(default: %(default)s)")
-    g.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default: 0)")
-    g.add_argument("--num-starts", type=_int_at_least(1), default=defaults["num_starts"],
+    g.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
+    g.add_argument("--num-starts", type=_count, default=defaults["num_starts"],
                    help="MAP starts optimised together (default: %(default)s)")
-    g.add_argument("--map-steps", type=_int_at_least(1), default=defaults["map_steps"],
+    g.add_argument("--map-steps", type=_count, default=defaults["map_steps"],
                    help="Adam steps of the MAP (default: %(default)s)")
-    g.add_argument("--vi-steps", type=_int_at_least(1), default=defaults["vi_steps"],
+    g.add_argument("--vi-steps", type=_count, default=defaults["vi_steps"],
                    help="VI optimisation steps (default: %(default)s)")
     g.add_argument("--surrogate", choices=("mean_field", "full_rank", "iaf"),
                    default="full_rank", help="VI surrogate (default: %(default)s)")
-    g.add_argument("--num-chains", type=_int_at_least(1), default=defaults["num_chains"],
+    g.add_argument("--num-chains", type=_count, default=defaults["num_chains"],
                    help="NUTS chains (default: %(default)s)")
-    g.add_argument("--num-results", type=_int_at_least(1), default=defaults["num_results"],
+    g.add_argument("--num-results", type=_count, default=defaults["num_results"],
                    help="NUTS draws per chain (default: %(default)s)")
-    g.add_argument("--num-burnin", type=_int_at_least(0), default=defaults["num_burnin"],
+    g.add_argument("--num-burnin", type=_non_negative, default=defaults["num_burnin"],
                    help="NUTS warm-up steps per chain (default: %(default)s)")
-    g.add_argument("--max-tree-depth", type=_int_at_least(1), default=8,
+    g.add_argument("--max-tree-depth", type=_count, default=8,
                    help="NUTS maximum tree depth (default: %(default)s)")
     g.add_argument("--no-xla", action="store_true",
                    help="run the model as plain TensorFlow graphs instead of XLA-compiled "
@@ -68,7 +49,7 @@ def _add_inference_args(p, defaults):
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def add_parsers(sub, user_error):
+def add_parsers(sub):
     """Add ``fit`` and ``demo`` to the CLI's subparsers."""
     fit = sub.add_parser(
         "fit",
@@ -85,30 +66,30 @@ def add_parsers(sub, user_error):
     fit.add_argument("--hdu", default=None, help="HDU of the image (index or EXTNAME)")
     fit.add_argument("--psf", metavar="PSF.fits", default=None,
                      help="PSF kernel (default: the image file's PSF extension, if any)")
-    fit.add_argument("--psf-fwhm", type=_pos_float, default=None, metavar="ARCSEC",
+    fit.add_argument("--psf-fwhm", type=_positive_float, default=None, metavar="ARCSEC",
                      help="Gaussian PSF FWHM when there is no kernel")
     noise = fit.add_mutually_exclusive_group()
-    noise.add_argument("--noise-rms", type=_pos_float, default=None, metavar="S",
+    noise.add_argument("--noise-rms", type=_positive_float, default=None, metavar="S",
                        help="background noise per pixel, e-/s (default: header BKGRMS)")
     noise.add_argument("--noise-map", default=None, metavar="FILE",
                        help="FITS map of the per-pixel noise sigma (e-/s)")
-    fit.add_argument("--exposure", type=_pos_float, default=None, metavar="T",
+    fit.add_argument("--exposure", type=_positive_float, default=None, metavar="T",
                      help="exposure time in s for the source's Poisson noise (default: "
                           "header EXPTIME; without it only the background noise)")
-    fit.add_argument("--pixel-scale", type=_pos_float, default=None, metavar="S",
+    fit.add_argument("--pixel-scale", type=_positive_float, default=None, metavar="S",
                      help="arcsec per pixel (default: header PIXSCALE or the WCS)")
     fit.add_argument("--lens", choices=_LENSES, required=True, help="main deflector")
     fit.add_argument("--lens-light", choices=("sersic", "none"), default="none",
                      help="lens light model (default: %(default)s)")
-    fit.add_argument("--subhalos", type=_int_at_least(0), default=0, metavar="N",
+    fit.add_argument("--subhalos", type=_non_negative, default=0, metavar="N",
                      help="number of candidate TNFW subhalos; with N >= 1 the one-subhalo "
                           "detection test is also run (default: 0)")
-    fit.add_argument("--z-lens", type=_pos_float, default=0.5, metavar="Z")
-    fit.add_argument("--z-source", type=_pos_float, default=2.0, metavar="Z")
+    fit.add_argument("--z-lens", type=_positive_float, default=0.5, metavar="Z")
+    fit.add_argument("--z-source", type=_positive_float, default=2.0, metavar="Z")
     fit.add_argument("--source", choices=_SOURCES, required=True,
                      help="vae: the pretrained VAE decoder (latent z ~ N(0, I)); sersic; "
                           "pixelated: a pixel grid with a smoothness prior")
-    fit.add_argument("--source-pixel-scale", type=_pos_float, default=None, metavar="S",
+    fit.add_argument("--source-pixel-scale", type=_positive_float, default=None, metavar="S",
                      help="source-plane pixel scale in arcsec for vae/pixelated (default: "
                           "half the image pixel scale)")
     fit.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -116,7 +97,7 @@ def add_parsers(sub, user_error):
                      help="write into DIR even if it is not empty")
     _add_inference_args(fit, dict(method="hmc", num_starts=64, map_steps=500, vi_steps=500,
                                   num_chains=8, num_results=500, num_burnin=500))
-    fit.set_defaults(func=lambda args: _fit(args, user_error))
+    fit.set_defaults(func=_fit)
 
     demo = sub.add_parser(
         "demo",
@@ -132,17 +113,13 @@ def add_parsers(sub, user_error):
                       help="write into DIR even if it is not empty")
     _add_inference_args(demo, dict(method="map", num_starts=16, map_steps=250, vi_steps=300,
                                    num_chains=4, num_results=200, num_burnin=200))
-    demo.set_defaults(func=lambda args: _demo(args, user_error))
+    demo.set_defaults(func=_demo)
 
 
-def _check_out(out, overwrite, user_error):
+def _check_out(out, overwrite):
     if out is None:
         return
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise user_error(f"--out {out!r} exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise user_error(f"output directory {out!r} is not empty; pass --overwrite to write "
-                         "into it")
+    _check_output_dir(out, overwrite, "into it")
     os.makedirs(out, exist_ok=True)
 
 
@@ -162,11 +139,11 @@ def _print_summary(result):
     print(format_summary(rows))
 
 
-def _fit(args, user_error) -> int:
+def _fit(args) -> int:
     from .inference import build_model, fit_lens, write_fit_outputs
     from .io import load_lens_image
 
-    _check_out(args.out, args.overwrite, user_error)
+    _check_out(args.out, args.overwrite)
     hdu = args.hdu
     if hdu is not None and hdu.lstrip("-").isdigit():
         hdu = int(hdu)
@@ -212,11 +189,11 @@ def _fit(args, user_error) -> int:
     return 0
 
 
-def _demo(args, user_error) -> int:
+def _demo(args) -> int:
     from .inference import fit_lens, write_fit_outputs
     from .inference.demo import demo_problem, demo_table
 
-    _check_out(args.out, args.overwrite, user_error)
+    _check_out(args.out, args.overwrite)
     t0 = time.perf_counter()
     print("tfstronglens demo: simulating an HST/ACS-like lens (SIE + shear, VAE source, "
           "one 1e11 M_sun subhalo)...", file=sys.stderr)

@@ -73,7 +73,6 @@ def demo_problem(num_pix: int = 64, seed: int = 0, source_pixel_scale: float = 0
     for k, v in enumerate(z_true):
         truth[f"source.z.{k}"] = float(v)
     params = {k: tf.constant([v], model.dtype) for k, v in truth.items()}
-    clean = model.render(params)
     lensed = model.replace(num_subhalos=0).render(
         {k: v for k, v in params.items() if not k.startswith("subhalo.")})
     scale = float(np.asarray(obs.scale_to_snr(lensed, snr))[0])
