@@ -121,6 +121,9 @@ def test_bad_arguments(problem):
         fit_vi(model, data, init=np.zeros(3))
     with pytest.raises(ValueError, match="init has unknown"):
         find_map(model, data, num_starts=2, num_steps=1, init={"lens.0.thetaE": 1.0})
+    # A start on or outside the prior's support has no finite unconstrained coordinate.
+    with pytest.raises(ValueError, match=r"\['lens.0.theta_E'\] lie on or outside"):
+        find_map(model, data, num_starts=2, num_steps=1, init={"lens.0.theta_E": -1.0})
 
 
 @pytest.mark.slow

@@ -105,6 +105,12 @@ def initial_points(model: LensModel, num_starts: int, seed=None, init=None,
                 draws[p.name] = tf.broadcast_to(v, [num_starts] + list(p.event_shape))
                 given[offsets[i]:offsets[i + 1]] = True
         x = model.to_flat(draws)
+        bad = ~np.all(np.isfinite(np.asarray(x)), axis=0)
+        if bad.any():
+            names = [n for n, b in zip(model.param_names, bad) if b]
+            raise ValueError(
+                f"init value(s) of {names} lie on or outside the prior's support (their "
+                "unconstrained coordinates are not finite); start inside the prior range")
         if init_jitter:
             noise = tf.random.stateless_normal(x.shape, s_jit, dtype=model.dtype)
             x = x + tf.where(tf.constant(given), init_jitter * noise, tf.zeros_like(noise))

@@ -31,12 +31,13 @@ from .._validation import resolve_dtype
 from ..io._atomic import atomic_output, check_output_path
 from . import diagnostics
 
-__all__ = ["sample_hmc", "MCMCResult", "clear_compile_cache"]
+__all__ = ["sample_hmc", "MCMCResult", "clear_compile_cache", "adaptation_windows"]
 
 tfm = tfp.mcmc
 
 _KERNELS = ("nuts", "hmc")
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2
+_ADAPT_KINDS = (None, "diag", "dense")
 # HMC has no divergence flag of its own; NUTS uses max_energy_diff = 1000 (Stan's value).
 _MAX_ENERGY_ERROR = 1000.0
 # Compiled chunk runners, reused by later calls with the same target and static settings.
@@ -72,6 +73,11 @@ class MCMCResult:
         this call), ``first_chunk`` (includes XLA compilation), ``compile_estimate``
         (first chunk minus the per-step time of the others, times its steps).
       resumed_from_step: global step read from the checkpoint (0 for a fresh run).
+      mass_matrix: the covariance estimate the kept draws were preconditioned with
+        (``[D]`` variances or ``[D, D]``; None without preconditioning): the one passed
+        in, or the last one adapted during burn-in (``adapt_mass_matrix``).
+      warmup_samples: ``[num_burnin, num_chains, D]`` burn-in draws (None when resumed
+        from a checkpoint written by an older version).
     """
 
     samples: np.ndarray
@@ -83,6 +89,8 @@ class MCMCResult:
     kernel: str
     timing: dict
     resumed_from_step: int = 0
+    mass_matrix: np.ndarray | None = None
+    warmup_samples: np.ndarray | None = None
 
     @property
     def num_results(self) -> int:
@@ -221,6 +229,61 @@ def _scale_from_mass_matrix(mass_matrix, dim, np_dtype):
     )
 
 
+def adaptation_windows(num_burnin: int, init_buffer: int = 75, term_buffer: int = 50,
+                       base_window: int = 25):
+    """Stan's warm-up schedule: ``[(start, end), ...]`` of the mass-matrix windows.
+
+    Burn-in step ``g`` belongs to an initial fast interval ``[0, init_buffer)`` (step size
+    only, the chains travel to the typical set), then slow windows of doubling length
+    starting at ``base_window`` whose draws estimate the covariance, the last one
+    stretched to ``num_burnin - term_buffer``, then a final fast interval in which only
+    the step size adapts to the last metric. When ``num_burnin`` is too short for the
+    default buffers they become 15% / 75% / 10% of it (as Stan does); fewer than 20
+    burn-in steps give no window.
+    """
+    n = int(num_burnin)
+    if n < 20:
+        return []
+    if init_buffer + term_buffer + base_window > n:
+        init_buffer = int(0.15 * n)
+        term_buffer = int(0.1 * n)
+        base_window = n - init_buffer - term_buffer
+    windows = []
+    start, size = init_buffer, base_window
+    last = n - term_buffer
+    while start < last:
+        end = start + size
+        if end + 2 * size > last:
+            end = last
+        windows.append((start, end))
+        start, size = end, 2 * size
+    return windows
+
+
+def _estimate_covariance(xw, kind):
+    """Regularised covariance of window draws ``xw[n, C, D]`` pooled over the chains.
+
+    Stan's regularisation, ``N / (N + 5) Sigma + 5 / (N + 5) 1e-3 diag(Sigma)`` with
+    ``N = n C`` pooled draws, but relative to each parameter's variance rather than
+    ``1e-3`` absolute (unconstrained lens parameters differ in scale by orders of
+    magnitude); the diagonal kind keeps only the variances. (Shrinking towards the
+    diagonal with a larger weight would be wrong for strongly correlated posteriors: it
+    adds variance along the thin directions.) A floor of ``1e-10`` times the mean
+    variance keeps it positive definite. Pooling includes the spread between chains, so
+    chains that have not yet met give a wider, safer metric.
+    """
+    flat = np.asarray(xw, np.float64).reshape(-1, xw.shape[-1])
+    num, dim = flat.shape
+    cov = np.atleast_2d(np.cov(flat, rowvar=False))
+    var = np.diag(cov).copy()
+    floor = 1e-10 * max(float(np.mean(var)), np.finfo(np.float64).tiny)
+    w = num / (num + 5.0)
+    if kind == "diag":
+        return w * np.maximum(var, 0.0) + (1.0 - w) * 1e-3 * var + floor
+    cov = w * cov + (1.0 - w) * 1e-3 * np.diag(var)
+    return cov + floor * np.eye(dim)
+
+
 # ------------------------------------------------------------------------------------
 # the compiled chunk
 # ------------------------------------------------------------------------------------
@@ -250,7 +313,7 @@ def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tr
         return tf.linalg.matvec(scale, u)
 
     def run(u, error_sum, log_averaging_step, new_step_size, init_step_size, step0, n_steps,
-            seed, scale, num_adaptation_steps, target_accept):
+            seed, scale, adapt_start, num_adaptation_steps, target_accept):
         dtype = u.dtype
 
         def target(v):
@@ -263,12 +326,15 @@ def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tr
         else:
             inner = tfm.HamiltonianMonteCarlo(
                 target, step_size=init_step_size, num_leapfrog_steps=num_leapfrog_steps)
+        # Step-size adaptation restarts at ``adapt_start`` (0, or the end of the last
+        # mass-matrix window) and ends with the burn-in.
         adaptive = tfm.DualAveragingStepSizeAdaptation(
-            inner, num_adaptation_steps=num_adaptation_steps, target_accept_prob=target_accept)
+            inner, num_adaptation_steps=num_adaptation_steps - adapt_start,
+            target_accept_prob=target_accept)
         # Fresh results for the current state (one gradient), then the carried
         # adaptation state: step counter, error sum, averaged and current step size.
         kr = adaptive.bootstrap_results(u)
-        kr = kr._replace(step=step0, error_sum=[error_sum],
+        kr = kr._replace(step=step0 - adapt_start, error_sum=[error_sum],
                          log_averaging_step=[log_averaging_step], new_step_size=new_step_size)
 
         def record(v, kr):
@@ -396,7 +462,8 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
                max_tree_depth: int = 10, mass_matrix=None, target_accept: float = 0.8,
                seed=None, jit_compile: bool = True, chunk_size: int = 100,
                progress: bool = True, checkpoint=None, trace_fn=None, strategy=None,
-               callback=None, dtype=None, reuse_compiled: bool = True) -> MCMCResult:
+               callback=None, dtype=None, reuse_compiled: bool = True,
+               adapt_mass_matrix: str | None = None) -> MCMCResult:
     r"""Sample ``exp(log_prob_fn)`` with NUTS or HMC, in compiled chunks, with checkpoints.
 
     #### Mathematical details
@@ -424,6 +491,15 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     acceptance probability ``target_accept``; at the end of burn-in each chain's step size
     is fixed to its averaged iterate, so the kept draws come from a fixed Markov kernel.
     Burn-in draws are discarded (their statistics are kept in ``warmup_stats``).
+
+    **Mass-matrix adaptation.** With ``adapt_mass_matrix="dense"`` (or ``"diag"``) the
+    covariance ``Sigma`` is also learned during burn-in, following Stan's windowed
+    scheme (:func:`adaptation_windows`): after each slow window the draws of that window,
+    pooled over all chains, give a regularised covariance estimate
+    (:func:`_estimate_covariance`), the chains continue in the new whitened coordinates
+    (same ``x``), and the step-size adaptation restarts from the current step size. The
+    ``mass_matrix`` argument, if given, is the metric of the first window. The kept
+    draws use the last estimate (``MCMCResult.mass_matrix``).
 
     **Divergences.** A transition whose energy error ``|Delta H|`` exceeds 1000 (NUTS:
     ``has_divergence``, for HMC the same threshold on ``-log_accept_ratio``) is flagged
@@ -462,6 +538,8 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
       num_leapfrog_steps: leapfrog steps per HMC transition (``kernel="hmc"``).
       max_tree_depth: NUTS maximum tree depth (at most ``2**depth - 1`` leapfrog steps).
       mass_matrix: ``None``, ``[D]`` variances or a ``[D, D]`` covariance (see above).
+      adapt_mass_matrix: ``None`` (keep ``mass_matrix``), ``"diag"`` or ``"dense"``:
+        learn the covariance during burn-in (see above).
       target_accept: target mean acceptance probability of the adaptation, in (0, 1).
       seed: int or pair of ints (``None``: random).
       jit_compile: compile the chunks with XLA (default); ``False`` runs a plain graph.
@@ -537,6 +615,16 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     init_ss = ss.astype(np_dtype)[:, None]  # [C, 1]: one step size per chain
 
     mode, scale = _scale_from_mass_matrix(mass_matrix, dim, np_dtype)
+    if adapt_mass_matrix not in _ADAPT_KINDS:
+        raise ValueError(
+            f"adapt_mass_matrix must be one of {_ADAPT_KINDS}, got {adapt_mass_matrix!r}")
+    windows = adaptation_windows(num_burnin) if adapt_mass_matrix else []
+    if windows:
+        if mode == "none":
+            mode = adapt_mass_matrix
+            scale = (np.ones([dim], np_dtype) if mode == "diag" else np.eye(dim, dtype=np_dtype))
+        elif mode == "diag" and adapt_mass_matrix == "dense":
+            mode, scale = "dense", np.diag(scale).astype(np_dtype)
 
     if strategy is not None:
         if not isinstance(strategy, tf.distribute.Strategy):
@@ -559,7 +647,7 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         "step_size": [float(v) for v in init_ss.ravel()], "replicas": replicas,
         "num_leapfrog_steps": num_leapfrog_steps if kernel == "hmc" else None,
         "max_tree_depth": max_tree_depth if kernel == "nuts" else None,
-        "mass_matrix": mode,
+        "mass_matrix": mode, "adapt_mass_matrix": adapt_mass_matrix,
         "mass_matrix_digest": None if scale is None else hashlib.sha1(
             np.ascontiguousarray(scale).tobytes()).hexdigest(),
     }
@@ -598,6 +686,9 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
             "error_sum": np.zeros([num_chains], np_dtype),
             "log_averaging_step": np.zeros([num_chains, 1], np_dtype),
             "new_step_size": init_ss,
+            "init_step_size": init_ss,
+            "adapt_start": np.array(0, np.int64),
+            "scale": np.zeros([1], np_dtype) if scale is None else np.asarray(scale, np_dtype),
         }
         host, warm = None, None
     else:
@@ -605,13 +696,14 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
 
     runner = _get_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth,
                          chunk_size, mode, jit_compile, reuse_compiled)
-    scale_t = tf.constant(np.zeros([1], np_dtype) if scale is None else scale)
-    consts = (scale_t, tf.constant(num_burnin, tf.int32), tf.constant(target_accept, dtype))
     seed_t = tf.constant(seed_arr)
 
     def run_chunk(carry, step0, n):
         args = (carry["u"], carry["error_sum"], carry["log_averaging_step"],
-                carry["new_step_size"], init_ss)  # per-chain arguments
+                carry["new_step_size"], carry["init_step_size"])  # per-chain arguments
+        consts = (tf.constant(carry["scale"]),
+                  tf.constant(int(carry["adapt_start"]), tf.int32),
+                  tf.constant(num_burnin, tf.int32), tf.constant(target_accept, dtype))
         step0_t, n_t = tf.constant(step0, tf.int32), tf.constant(n, tf.int32)
         if strategy is None:
             out = runner(*[tf.constant(a) for a in args], step0_t, n_t,
@@ -633,12 +725,13 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
             locals_ = [strategy.experimental_local_results(o) for o in tf.nest.flatten(out)]
             outs = [tf.nest.pack_sequence_as(out, [loc[r].numpy() for loc in locals_])
                     for r in range(replicas)]
-        new_carry = {
+        new_carry = dict(carry)
+        new_carry.update({
             "u": np.concatenate([o[0] for o in outs], 0),
             "error_sum": np.concatenate([o[1] for o in outs], 0),
             "log_averaging_step": np.concatenate([o[2] for o in outs], 0),
             "new_step_size": np.concatenate([o[3] for o in outs], 0),
-        }
+        })
         bufs = {k: np.concatenate([o[4][k] for o in outs], 1)[:n] for k in outs[0][4]}
         return new_carry, bufs
 
@@ -654,8 +747,9 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     resumed_from = step_done
     try:
         g = step_done
+        ends = sorted({e for _, e in windows} | {num_burnin, total})
         while g < total:
-            boundary = num_burnin if g < num_burnin else total
+            boundary = min(e for e in ends if e > g)
             n = min(chunk_size, boundary - g)
             t0 = time.perf_counter()
             carry, bufs = run_chunk(carry, g, n)
@@ -668,7 +762,7 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
                 host = {k: np.zeros((num_results,) + v.shape[1:], v.dtype)
                         for k, v in bufs.items()}
                 warm = {k: np.zeros((num_burnin,) + v.shape[1:], v.dtype)
-                        for k, v in bufs.items() if k != "x" and not k.startswith("trace/")}
+                        for k, v in bufs.items() if not k.startswith("trace/")}
             if g < num_burnin:
                 for k in warm:
                     warm[k][g:g + n] = bufs[k]
@@ -676,6 +770,10 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
                 for k in host:
                     host[k][g - num_burnin:g - num_burnin + n] = bufs[k]
             g += n
+            for start, end in windows:
+                if g == end:
+                    carry = _next_metric(carry, warm["x"][start:end], adapt_mass_matrix, mode,
+                                         end, np_dtype)
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, config, g, carry, host, warm)
             phase = "warmup" if g <= num_burnin and num_burnin > 0 else "sampling"
@@ -703,6 +801,7 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         timing["compile_estimate"] = None
 
     stats = {k: host[k] for k in host if k != "x" and not k.startswith("trace/")}
+    warm_x = (warm or {}).pop("x", None)
     stats["diverging"] = stats["diverging"].astype(bool)
     if "reached_max_treedepth" in stats:
         stats["reached_max_treedepth"] = stats["reached_max_treedepth"].astype(bool)
@@ -719,4 +818,53 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         kernel=kernel,
         timing=timing,
         resumed_from_step=int(resumed_from),
+        mass_matrix=_metric_from_scale(mode, carry["scale"]),
+        warmup_samples=warm_x,
     )
+
+
+def _metric_from_scale(mode, scale):
+    """The covariance ``Sigma`` of a whitening ``scale`` (see ``_scale_from_mass_matrix``)."""
+    if mode == "none":
+        return None
+    s = np.asarray(scale, np.float64)
+    return s ** 2 if mode == "diag" else s @ s.T
+
+
+def _next_metric(carry, xw, kind, mode, end, np_dtype):
+    """Carry for the next warm-up window: new metric from the window draws ``xw``, the
+    chains' ``u`` moved to its whitened coordinates, step-size adaptation restarted."""
+    from scipy.linalg import solve_triangular
+
+    cov = _estimate_covariance(xw, kind)
+    old = np.asarray(carry["scale"], np.float64)
+    u = np.asarray(carry["u"], np.float64)
+    x = u * old if mode == "diag" else u @ old.T
+    try:
+        if mode == "diag":
+            new = np.sqrt(cov)
+            u_new = x / new
+        else:
+            new = np.linalg.cholesky(np.diag(cov) if cov.ndim == 1 else cov)
+            u_new = solve_triangular(new, x.T, lower=True).T
+    except np.linalg.LinAlgError:
+        return dict(carry, adapt_start=np.array(end, np.int64))  # keep the old metric
+    if not (np.all(np.isfinite(new)) and np.all(np.isfinite(u_new))):
+        return dict(carry, adapt_start=np.array(end, np.int64))
+    # Restart dual averaging from the averaged step size of the last window (the current
+    # iterate is noisier); it is also the new shrinkage target's reference.
+    eps = np.exp(np.asarray(carry["log_averaging_step"], np.float64))
+    eps = np.where(np.isfinite(eps) & (eps > 0) & (np.asarray(carry["log_averaging_step"]) != 0),
+                   eps, np.asarray(carry["new_step_size"], np.float64))
+    eps = eps.astype(np_dtype)
+    out = dict(carry)
+    out.update({
+        "u": u_new.astype(np_dtype),
+        "scale": new.astype(np_dtype),
+        "error_sum": np.zeros_like(carry["error_sum"]),
+        "log_averaging_step": np.zeros_like(carry["log_averaging_step"]),
+        "new_step_size": eps,
+        "init_step_size": eps,
+        "adapt_start": np.array(end, np.int64),
+    })
+    return out

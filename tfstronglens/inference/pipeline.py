@@ -111,7 +111,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              vi_surrogate: str = "full_rank", vi_steps: int = 500,
              vi_learning_rate: float = 0.01, num_samples: int = 2000, num_chains: int = 8,
              num_results: int = 500, num_burnin: int = 500, max_tree_depth: int = 8,
-             target_accept: float = 0.8, detect: bool | None = None,
+             target_accept: float = 0.8, adapt_mass_matrix: str | None = "dense",
+             detect: bool | None = None,
              detection_starts: int | None = None, detection_steps: int | None = None,
              detection_learning_rate: float | None = None,
              checkpoint: str | None = None, progress: bool = True,
@@ -130,6 +131,9 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         ``"full_rank"`` or ``"iaf"``).
       num_samples: draws from the Laplace or VI posterior to summarise.
       num_chains, num_results, num_burnin, max_tree_depth, target_accept: NUTS.
+      adapt_mass_matrix: ``"dense"`` (default), ``"diag"`` or ``None``: learn the NUTS
+        metric during burn-in in Stan's windows, starting from the VI covariance
+        (:func:`~tfstronglens.inference.sample_hmc`); ``None`` keeps the VI covariance.
       detect: run :func:`~tfstronglens.inference.detect_subhalo` (default: when the
         model has subhalos); detection_starts, detection_steps, detection_learning_rate:
         its maximum-likelihood fits (default: ``num_starts``, ``map_steps`` and
@@ -202,6 +206,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                               num_results=num_results, num_burnin=num_burnin, kernel="nuts",
                               step_size=0.5, max_tree_depth=max_tree_depth, mass_matrix=cov,
                               target_accept=target_accept, seed=seeds[2],
+                              adapt_mass_matrix=adapt_mass_matrix,
                               checkpoint=checkpoint, progress=progress,
                               jit_compile=(model.jit_compile if hmc_jit_compile is None
                                            else bool(hmc_jit_compile)))
@@ -243,7 +248,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     vi_steps=vi_steps, vi_learning_rate=vi_learning_rate,
                     num_samples=num_samples, num_chains=num_chains, num_results=num_results,
                     num_burnin=num_burnin, max_tree_depth=max_tree_depth,
-                    target_accept=target_accept, detect=bool(detect),
+                    target_accept=target_accept, adapt_mass_matrix=adapt_mass_matrix,
+                    detect=bool(detect),
                     detection_starts=detection_starts, detection_steps=detection_steps,
                     detection_learning_rate=detection_learning_rate)
     return FitResult(method=method, param_names=names, samples=samples, summary=summary,
