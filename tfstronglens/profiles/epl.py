@@ -64,16 +64,17 @@ def _scaled_coefficients(t, n_terms, derivative=False):
             tf.square(4.0 - t))
 
 
-def _power_series(coeffs, ur, ui, split=_SPLIT):
-    """``sum_n a_n u^n`` for real coefficients ``a_n`` and complex ``u = ur + i ui``.
+def _chains(coeffs, ur, ui, split=_SPLIT):
+    """The ``split`` interleaved chains ``S_j(w) = sum_m a_{j + m split} w^m`` of
+    ``sum_n a_n u^n = sum_{j < split} u^j S_j(u^split)`` (real coefficients ``a_n``,
+    complex ``u = ur + i ui``), and the powers ``[u^1, ..., u^split]``.
 
-    Written as ``sum_{j < split} u^j S_j(u^split)`` with ``S_j(w) = sum_m a_{j + m split} w^m``,
-    each ``S_j`` summed by Clenshaw's recurrence
+    Each ``S_j`` is summed by Clenshaw's recurrence
     ``beta_m = a_m + 2 Re(w) beta_{m+1} - |w|^2 beta_{m+2}``,
     ``S(w) = a_0 + w (beta_1 - conj(w) beta_2)`` (two multiply-adds a term, half of a
     complex Horner scheme). The ``split`` chains are independent, so the CPU overlaps them;
     a single chain would be limited by the latency of its multiply-adds, not their
-    throughput. Returns ``(real, imag)``.
+    throughput.
     """
     powers = [(ur, ui)]  # u^1 ... u^split
     for _ in range(split - 1):
@@ -81,21 +82,42 @@ def _power_series(coeffs, ur, ui, split=_SPLIT):
     wr, wi = powers[-1]
     two_x = 2.0 * wr
     rho2 = wr * wr + wi * wi
-    total_r = total_i = None
+    chains = []
     for j in range(split):
         chain = coeffs[j::split]
         if not chain:
+            chains.append(None)
             continue
-        b1 = b2 = tf.zeros_like(ur)
-        for a in reversed(chain[1:]):
-            b1, b2 = a + two_x * b1 - rho2 * b2, b1
-        sr = chain[0] + wr * b1 - rho2 * b2
-        si = wi * b1
-        if j:
-            sr, si = cmul(powers[j - 1][0], powers[j - 1][1], sr, si)
+        if len(chain) == 1:
+            chains.append((chain[0] + tf.zeros_like(ur), tf.zeros_like(ur)))
+            continue
+        # the first two steps written out (no multiplications by zero)
+        b1, b2 = chain[-1] + tf.zeros_like(ur), None
+        for a in reversed(chain[1:-1]):
+            b1, b2 = (a + two_x * b1 if b2 is None else a + two_x * b1 - rho2 * b2), b1
+        sr = chain[0] + wr * b1 - (0.0 if b2 is None else rho2 * b2)
+        chains.append((sr, wi * b1))
+    return chains, powers
+
+
+def _combine(chains, powers, shift=0):
+    """``sum_j u^(j + shift) S_j`` (``shift`` 0 or 1) of :func:`_chains`."""
+    total_r = total_i = None
+    for j, c in enumerate(chains):
+        if c is None:
+            continue
+        sr, si = c
+        if j + shift:
+            sr, si = cmul(powers[j + shift - 1][0], powers[j + shift - 1][1], sr, si)
         total_r = sr if total_r is None else total_r + sr
         total_i = si if total_i is None else total_i + si
     return total_r, total_i
+
+
+def _power_series(coeffs, ur, ui, split=_SPLIT):
+    """``sum_n a_n u^n`` for real coefficients ``a_n`` and complex ``u = ur + i ui``,
+    as ``split`` interleaved Clenshaw chains (:func:`_chains`). Returns ``(real, imag)``."""
+    return _combine(*_chains(coeffs, ur, ui, split))
 
 
 def _unscale(re, im, scale):
@@ -132,8 +154,13 @@ def _epl_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, n_terms):
         ur = -(e1 * w2r + e2 * w2i)
         ui = e2 * w2r - e1 * w2i
         # F(u) = 2F1(1, t/2; 2 - t/2; u)
+        # G(u) = (F - 1)/u = sum_n c_{n+1} u^n, F = 1 + u G: one series serves the value
+        # and (through F') the gradient
         coeffs, scale = _scaled_coefficients(t, n_terms)
-        fr, fi = _unscale(*_power_series(coeffs, ur, ui), scale)
+        chains, powers = _chains(coeffs[1:], ur, ui)
+        fr, fi = _combine(chains, powers, shift=1)  # u G
+        fr, fi = _unscale(fr + scale, fi, scale)
+        gr_, gi_ = _unscale(*_combine(chains, powers), scale)
         s2 = 1.0 - e1 * e1 - e2 * e2
         # log(b / R) = log((1 + |e|) b) - log|V|, (1 + |e|) b = theta_E sqrt(1 - |e|^2)
         log_rho = tf.math.log(theta_E) + 0.5 * tf.math.log(s2) - 0.5 * tf.math.log(v2)
@@ -146,8 +173,7 @@ def _epl_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, n_terms):
             gx = tf.zeros_like(ar) if gx is None else gx
             gy = tf.zeros_like(ai) if gy is None else gy
             half_t = 0.5 * t
-            # F'(u) = [(t/2) F - (1 - t/2) G] / (1 - u), G = (F - 1)/u = sum_n c_{n+1} u^n
-            gr_, gi_ = _unscale(*_power_series(coeffs[1:], ur, ui), scale)
+            # F'(u) = [(t/2) F - (1 - t/2) G] / (1 - u)
             fpr, fpi = cdiv(half_t * fr - (1.0 - half_t) * gr_, half_t * fi - (1.0 - half_t) * gi_,
                             1.0 - ur, -ui)
             upr, upi = cmul(ur, ui, fpr, fpi)
@@ -175,21 +201,20 @@ def _epl_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, n_terms):
             g_alpha = gx * ar + gy * ai  # Re(conj(g) alpha)
             # d/dtheta_E = t alpha / theta_E
             # d/dt = alpha log(b/R) + K dF/dt, log(b/R) = log(theta_E sqrt(s2)) - log|V|.
-            # Only Re(conj(g) K dF/dt) is needed: a single output, so XLA sums this series
-            # once.
+            # Only Re(conj(g) K dF/dt) is needed: one series, summed in its own loop
             hr = gx * kr + gy * ki  # conj(g) K
             hi = gx * ki - gy * kr
             dcoeffs, dscale = _scaled_coefficients(t, n_terms, derivative=True)
             dfr, dfi = _power_series(dcoeffs, ur, ui)
-            t_pix = (hr * dfr - hi * dfi) / dscale - 0.5 * tf.math.log(v2) * g_alpha
             # the parameter derivatives are pixel sums of these, taken together
             # (sum_pixels); terms that are a parameter times a pixel sum are added after
             params = (center_x, center_y, theta_E, t, e1, e2)
-            s_x, s_y, s_alpha, s_t, s_e1, s_e2 = sum_pixels(
-                [grad_dx, grad_dy, g_alpha, t_pix,
+            s_x, s_y, s_alpha, s_logv, s_e1, s_e2, s_series = sum_pixels(
+                [grad_dx, grad_dy, g_alpha, tf.math.log(v2) * g_alpha,
                  -(gx * (pzr + qzr + kfwr) + gy * (pzi + qzi + kfwi)),
                  gy * (qzr - pzr + kfwr) - gx * (qzi - pzi + kfwi)],
-                broadcast_shape(*params))
+                broadcast_shape(*params), expensive=[hr * dfr - hi * dfi])
+            s_t = s_series / dscale - 0.5 * s_logv
             c = t / s2
             log_b = tf.math.log(theta_E) + 0.5 * tf.math.log(s2)
             return (sum_to(grad_dx, x), sum_to(grad_dy, y),
@@ -238,7 +263,8 @@ class EPL(MassProfile):
       ``q >= q_min`` and ``1 < gamma < 3`` (:func:`epl_series_terms`; ``N = 44`` in float32
       and ``94`` in float64 for ``q_min = 0.2``). It is summed as 4 interleaved real
       Clenshaw recurrences in ``u^4`` (two multiply-adds a term, and independent chains
-      that the CPU overlaps).
+      that the CPU overlaps). The series summed is ``G = (F - 1)/u = sum_n c_{n+1} u^n``,
+      and ``F = 1 + u G``: the value and the gradient share it.
     * The gradient is written by hand (``tf.custom_gradient``; autodiff through the
       unrolled series is 30-70 times slower than the value under XLA on CPU). With Wirtinger
       derivatives, ``d alpha / dV = (b/R)^t [(1 - t/2) F + u F']`` and
@@ -247,8 +273,10 @@ class EPL(MassProfile):
       parameters; ``F'(u) = [(t/2) F - (1 - t/2)(F - 1)/u] / (1 - u)`` follows from the
       first-order equation ``u (1 - u) F' = ((t/2)(1 + u) - 1) F + 1 - t/2`` of
       ``2F1(1, b; c; u)`` (with ``(F - 1)/u`` summed as its own series, no 0/0 at
-      ``u = 0``), and ``dF/dt`` is one more series. Value and gradient cost about 3 times
-      the value; second derivatives (e.g. of the autodiff :meth:`hessian`) are exact too.
+      ``u = 0``), and ``dF/dt`` is one more series, summed over the pixels in its own
+      vectorized loop (:func:`~tfstronglens.profiles._geometry.sum_pixels`). Value and
+      gradient evaluate two series, the value one; second derivatives (e.g. of the
+      autodiff :meth:`hessian`) are exact too.
 
     Parameters: ``theta_E`` (arcsec, > 0), ``gamma`` (``1 < gamma < 3``; accurate over the
     whole range, tested on ``[1.2, 2.8]``), ``e1, e2`` (``|e| < 1`` with
