@@ -76,8 +76,15 @@ _CONFIGS.append(_make_config("hst_acs_f814w", "cdm", 32, name="hst_acs_f814w-cdm
 class LensSimulations(tfds.core.GeneratorBasedBuilder):
     """Simulated galaxy-galaxy strong lenses (see the module docs)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Fix: with supersample > 1 (every config but the tiny one) the sub-pixels "
+                 "were averaged in the wrong layout, scrambling the images; they are now "
+                 "binned as by Simulator. Priors, subhalos, S/N definition and noise model "
+                 "are unchanged (the same seed draws the same parameters); the S/N-scaled "
+                 "amplitudes, images and models change. Generation is ~6x faster.",
+    }
     BUILDER_CONFIGS = _CONFIGS
 
     # TFDS finds a builder's source file through ``importlib_resources``, which is not
@@ -123,8 +130,8 @@ class LensSimulations(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, num_examples: int):
         gen = self._generator(SPLIT_SEEDS[split])
         bs = self.builder_config.batch_size
-        for k in range(-(-num_examples // bs)):
-            out = gen.generate(k, bs)
+        # the next batch is generated in a background thread while this one is serialised
+        for k, out in enumerate(gen.iter_batches(bs, -(-num_examples // bs))):
             for j in range(min(bs, num_examples - k * bs)):
                 i = k * bs + j
                 yield f"{split}_{i:07d}", {
