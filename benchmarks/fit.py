@@ -6,9 +6,12 @@ pixels at 0.065", supersampling 2, 7x7 Gaussian PSF of FWHM 0.1", EPL + external
 elliptical Sersic lens light and elliptical Sersic source: 22 free parameters. The noise is
 that of a single-orbit HST/ACS F814W image (4 x 550 s; sky 22.2 mag/arcsec^2, zero point
 25.94, read noise 4 e-; the ``hst_acs_f814w`` preset) on 0.065" pixels. The data are drawn
-from the fitted model itself at fixed truths inside the ranges of ``simulate.py``; both
-amplitudes are scaled by one common factor so that the matched-filter S/N of the lensed
-source (with the lens light's Poisson noise, ``Observation.snr``) is ``--snr``.
+from the fitted model itself at fixed truths inside the ranges of ``simulate.py``. The
+lens galaxy's total flux is ``--lens-light-ratio`` (default 10, as for SLACS-like lenses,
+whose deflector is 2-3 magnitudes brighter than the arcs in F814W) times that of the
+lensed arcs; both amplitudes are then scaled by one common factor so that the
+matched-filter S/N of the lensed source (with the lens light's Poisson noise,
+``Observation.snr``) is ``--snr``.
 
 The public pipeline :func:`tfstronglens.inference.fit_lens` (``method="hmc"``) then runs:
 multi-start MAP (Adam), full-rank VI started at the MAP, and NUTS with ``--num-chains``
@@ -64,7 +67,7 @@ QUICK = dict(num_starts=4, map_steps=30, vi_steps=30, num_chains=2, num_results=
              num_burnin=20)
 
 
-def make_problem(snr, seed, dtype="float32"):
+def make_problem(snr, seed, dtype="float32", lens_light_ratio=10.0):
     """``(observation, truth, data)`` for the benchmark configuration at arc S/N ``snr``."""
     from scipy.optimize import brentq
 
@@ -80,6 +83,8 @@ def make_problem(snr, seed, dtype="float32"):
 
     arcs = render({**TRUTH, "lens_light.0.amp": 0.0})
     light = render({**TRUTH, "source.0.amp": 0.0})
+    light_scale = lens_light_ratio * arcs.sum() / light.sum()
+    light = light * light_scale
     bkg2, texp = obs.background_rms ** 2, obs.total_exposure_time
 
     def arc_snr(k):  # Observation.snr of k * arcs with k * light as extra noise
@@ -88,7 +93,7 @@ def make_problem(snr, seed, dtype="float32"):
 
     k = brentq(lambda k: arc_snr(k) - snr, 1e-8, 1e8, xtol=1e-12, rtol=1e-10)
     truth = dict(TRUTH)
-    truth["lens_light.0.amp"] *= k
+    truth["lens_light.0.amp"] *= k * light_scale
     truth["source.0.amp"] *= k
     data = np.asarray(gen.simulate({k_: tf.constant([v], gen.dtype)
                                     for k_, v in truth.items()}, seed=seed))[0]
@@ -109,6 +114,11 @@ def main(argv=None):
                          "value-and-gradient shared by MAP and VI instead of one per batch "
                          "size (default: off, as fit_lens users get it)")
     ap.add_argument("--snr", type=float, default=80.0, help="matched-filter S/N of the arcs")
+    ap.add_argument("--lens-light-ratio", type=float, default=10.0,
+                    help="total flux of the lens galaxy over that of the lensed arcs")
+    ap.add_argument("--adapt-mass-matrix", default="dense",
+                    choices=["dense", "diag", "none"],
+                    help="NUTS metric learned in burn-in windows (fit_lens default: dense)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
                     help=f"tiny settings for a smoke run ({QUICK}); no meaningful ESS")
@@ -123,14 +133,17 @@ def main(argv=None):
     tuned = False if args.no_tune_allocator else tsl.runtime.tune_cpu_allocator()
     load_before = os.getloadavg()
 
-    obs, truth, data, snr = make_problem(args.snr, args.seed)
+    obs, truth, data, snr = make_problem(args.snr, args.seed,
+                                         lens_light_ratio=args.lens_light_ratio)
     model = build_model(obs, data, lens="epl+shear", source="sersic", lens_light="sersic",
                         supersample=SS, compile_batch_size=args.compile_batch_size)
     names = list(model.param_names)
     settings = dict(num_starts=args.num_starts, map_steps=args.map_steps,
                     vi_steps=args.vi_steps, num_chains=args.num_chains,
                     num_results=args.num_results, num_burnin=args.num_burnin,
-                    max_tree_depth=args.max_tree_depth, seed=args.seed)
+                    max_tree_depth=args.max_tree_depth, seed=args.seed,
+                    adapt_mass_matrix=(None if args.adapt_mass_matrix == "none"
+                                       else args.adapt_mass_matrix))
     t0 = time.perf_counter()
     res = fit_lens(model, data, method="hmc", progress=args.progress, **settings)
     wall = time.perf_counter() - t0
