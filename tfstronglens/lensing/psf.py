@@ -32,7 +32,25 @@ def _check_kernel(kernel, name="kernel"):
 
 
 class PSF:
-    """Base class: a PSF produces a normalized, odd-sized pixel kernel."""
+    r"""Base class: a PSF produces a normalized, odd-sized pixel kernel.
+
+    #### Pixel-kernel convention
+
+    The :class:`~tfstronglens.lensing.simulator.Simulator` averages sub-pixels into pixels
+    (supersampling), which applies the pixel window ``box`` to the surface brightness, and
+    then convolves that pixel image with :meth:`kernel` at the native pixel scale. The
+    observed image is ``box * PSF * I`` (as in lenstronomy), so the kernel must carry the
+    PSF alone: the analytic PSFs (:class:`GaussianPSF`, :class:`MoffatPSF`) are *sampled
+    at pixel-centre offsets* and normalized to sum 1 (lenstronomy's
+    ``kernel_point_source``), not integrated over pixels (that would apply the pixel window
+    twice: the variance of a Gaussian would grow by ``pixel_scale^2 / 12``). A
+    :class:`PixelPSF` is used as given.
+
+    The pixel window comes from the supersampling: with ``supersample=1`` each pixel is
+    the surface brightness at its centre and no window is applied (as lenstronomy with
+    ``supersampling_factor=1``); use ``supersample >= 2`` (3 is typical) where the source
+    has structure on the pixel scale.
+    """
 
     def kernel(self, pixel_scale: float) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -45,9 +63,45 @@ class PSF:
 class GaussianPSF(PSF):
     r"""Circular Gaussian PSF of full width at half maximum ``fwhm`` (arcsec).
 
-    The kernel is the Gaussian integrated over each pixel (differences of error
-    functions, ``sigma = fwhm / (2 sqrt(2 ln 2))``), on ``size x size`` pixels (default: the
-    smallest odd size covering ``truncation`` sigma on each side), normalized to sum 1.
+    #### Mathematical details
+
+    ``P(r) = exp(-r^2 / (2 sigma^2)) / (2 pi sigma^2)`` with
+    ``sigma = fwhm / (2 sqrt(2 ln 2))``. The pixel kernel is ``P`` *sampled at the
+    pixel-centre offsets* ``(i - c) pixel_scale, (j - c) pixel_scale`` of a ``size x size``
+    square (``c = (size - 1) / 2``; default size: the smallest odd one covering
+    ``truncation`` sigmas on each side) and normalized to sum 1; it is an exact outer
+    product of a 1D kernel, so exactly symmetric. This is lenstronomy's
+    ``PSF(psf_type="GAUSSIAN").kernel_point_source`` (``kernel_util.kernel_gaussian``) for
+    the same size (lenstronomy rounds ``truncation sigma / pixel_scale`` to set the size
+    where we round up).
+
+    Why sampled, not integrated over pixels: the simulator already applies the pixel
+    window by averaging sub-pixels (see :class:`PSF`), so the image is
+    ``box * PSF * I``; a pixel-integrated kernel would apply the window twice and widen
+    the PSF (variance ``sigma^2 + pixel_scale^2 / 12``: a 5% wider FWHM at 2 pixels per
+    FWHM).
+
+    Limit (undersampled PSFs): point samples represent the Gaussian well when it is
+    resolved. The variance of the (untruncated) sampled kernel is
+    ``sigma^2 (1 - eps)`` with the aliasing term ``eps ~ 8 pi^2 s^2 exp(-2 pi^2 s^2)``
+    (``s = sigma / pixel_scale``): ``eps = 4e-5`` at ``s = 0.85`` (FWHM 2 pixels),
+    ``1.6e-4`` at ``s = 0.8``, ``2.4e-3`` at ``s = 0.7``, 2.3% at ``s = 0.6``, 14% at
+    ``s = 0.5`` and 50% at ``s = 0.4``: below ``s ~ 0.65`` (FWHM < ~1.5 pixels) the kernel
+    is narrower than the PSF. Such a PSF cannot be represented by any kernel applied at
+    the native pixel scale after binning (the image is not band-limited there); this
+    class keeps lenstronomy's point samples in that regime rather than silently changing
+    convention. For accurate work with an undersampled PSF, render on a finer pixel grid
+    (smaller ``pixel_scale``) and rebin, or give an empirical :class:`PixelPSF`.
+
+    Args:
+      fwhm: full width at half maximum in arcsec (> 0).
+      truncation: half-width of the default kernel in sigmas (> 0); default 4.
+      size: kernel side in pixels (positive odd int) or ``None`` for the default.
+
+    #### Example
+
+    >>> GaussianPSF(0.1).kernel(0.05).shape   # sigma = 0.85 pixel, 4 sigma -> 4 pixels
+    (9, 9)
     """
 
     def __init__(self, fwhm: float, truncation: float = 4.0, size: int | None = None):
@@ -72,15 +126,31 @@ class GaussianPSF(PSF):
         if size is None:
             half = int(math.ceil(self.truncation * self.sigma / pixel_scale))
             size = 2 * half + 1
-        # pixel masses from |centre| with erfc (differences of a CDF near 1 lose the
-        # relative precision of the right tail): exactly symmetric, accurate to rounding
+        # point samples at |offset| (exactly symmetric); the outer product of the 1D
+        # samples is the 2D Gaussian exp(-(x^2 + y^2) / (2 sigma^2)) up to rounding
+        offsets = np.abs(np.arange(size) - 0.5 * (size - 1)) * pixel_scale
+        k1 = np.exp(-0.5 * (offsets / self.sigma) ** 2)
+        k = np.outer(k1, k1)
+        return k / k.sum()
+
+    def pixel_integrals(self, pixel_scale: float, size: int | None = None) -> np.ndarray:
+        """The Gaussian integrated over each pixel of the kernel's square (float64, sums
+        to < 1): the pixel response to a point source at the centre pixel's centre (an
+        effective PSF), *not* the simulator's kernel (:meth:`kernel`, point-sampled).
+
+        Differences of ``erfc`` from ``|centre|`` (differences of a CDF near 1 would lose
+        the relative precision of the tail): exactly symmetric, accurate to rounding.
+        """
+        if not isinstance(pixel_scale, numbers.Real) or not pixel_scale > 0:
+            raise ValueError(f"pixel_scale must be a positive number, got {pixel_scale!r}")
+        if size is None:
+            size = self.kernel(pixel_scale).shape[0]
         scale = math.sqrt(2.0) * self.sigma
         centres = np.abs(np.arange(size) - 0.5 * (size - 1)) * pixel_scale
         lo, hi = centres - 0.5 * pixel_scale, centres + 0.5 * pixel_scale
         k1 = np.where(lo < 0, erf(hi / scale),
                       0.5 * (erfc(np.maximum(lo, 0.0) / scale) - erfc(hi / scale)))
-        k = np.outer(k1, k1)
-        return k / k.sum()
+        return np.outer(k1, k1)
 
     def get_config(self):
         return {"type": "gaussian", "fwhm": self.fwhm, "truncation": self.truncation, "size": self.size}
@@ -105,14 +175,22 @@ class MoffatPSF(PSF):
     tends to a Gaussian, small ``beta`` gives broad power-law wings (``beta ~ 2.5-3`` is
     common for real ground-based PSFs with scattered light).
 
-    The kernel holds ``P`` integrated over each pixel (not sampled at pixel centres):
-    each pixel is split into ``m x m`` equal cells no larger than ``alpha / 2`` per side
-    (``m = max(1, ceil(2 pixel_scale / alpha))``) and each cell is integrated with an
-    8 x 8-point Gauss-Legendre rule, which is accurate to ~1e-13 relative for this analytic
-    profile. The kernel is ``size x size`` pixels (odd; default: the smallest odd size whose
-    half-width covers ``truncation`` FWHMs), centred on the middle pixel, and renormalized
-    to sum 1 (the flux beyond the square, at most ``1 - EE(half-width)``, is thus put back
-    into the kernel). ``beta = 4.765`` and ``truncation = 3`` lose < 0.1% of the flux.
+    The kernel is ``P`` *sampled at the pixel-centre offsets*
+    ``((j - c) pixel_scale, (i - c) pixel_scale)`` of a ``size x size`` square (odd;
+    default: the smallest odd size whose half-width covers ``truncation`` FWHMs;
+    ``c = (size - 1) / 2``), exactly symmetric, and normalized to sum 1 (the flux beyond
+    the square, at most ``1 - EE(half-width)``, is thus put back into the kernel;
+    ``beta = 4.765`` and ``truncation = 3`` lose < 0.1% of the flux). It is sampled, not
+    integrated over pixels, because the simulator already applies the pixel window by
+    averaging sub-pixels (see :class:`PSF`): the image is ``box * PSF * I``, as in
+    lenstronomy, and a pixel-integrated kernel would apply the window twice (adding
+    ``pixel_scale^2 / 12`` to the variance). :meth:`pixel_integrals` still gives the
+    pixel-integrated profile (``P`` convolved with the pixel window: the response of a
+    pixel to a point source at its centre), e.g. to build an effective PSF.
+
+    Limit: as for :class:`GaussianPSF`, point samples under-represent the width of a PSF
+    whose core is not resolved by the pixels (FWHM below ~1.5 pixels); render on a finer
+    grid or give an empirical :class:`PixelPSF` then.
 
     Args:
       fwhm: full width at half maximum in arcsec (> 0).
@@ -165,11 +243,22 @@ class MoffatPSF(PSF):
         half = int(math.ceil(self.truncation * self.fwhm / pixel_scale))
         return 2 * half + 1
 
-    def pixel_integrals(self, pixel_scale: float, size: int | None = None) -> np.ndarray:
-        """Un-normalized kernel: ``P`` integrated over each pixel (float64, sums to < 1)."""
+    @staticmethod
+    def _check_pixel_scale(pixel_scale):
         if (isinstance(pixel_scale, bool) or not isinstance(pixel_scale, numbers.Real)
                 or not math.isfinite(pixel_scale) or not pixel_scale > 0):
             raise ValueError(f"pixel_scale must be a positive number, got {pixel_scale!r}")
+
+    def pixel_integrals(self, pixel_scale: float, size: int | None = None) -> np.ndarray:
+        """``P`` integrated over each pixel (float64, sums to < 1): the pixel response to a
+        point source at the centre pixel's centre, *not* the simulator's kernel (which is
+        :meth:`kernel`, point-sampled).
+
+        Each pixel is split into ``m x m`` equal cells no larger than ``alpha / 2`` per
+        side (``m = max(1, ceil(2 pixel_scale / alpha))``) and each cell is integrated with
+        an 8 x 8-point Gauss-Legendre rule, accurate to ~1e-13 relative for this profile.
+        """
+        self._check_pixel_scale(pixel_scale)
         size = self._kernel_size(pixel_scale) if size is None else int(size)
         m = max(1, int(math.ceil(2.0 * pixel_scale / self.alpha)))
         nodes, weights = np.polynomial.legendre.leggauss(self.GL_ORDER)
@@ -199,8 +288,18 @@ class MoffatPSF(PSF):
         out[half:] = out[:half + 1][::-1]
         return out
 
+    def point_samples(self, pixel_scale: float, size: int | None = None) -> np.ndarray:
+        """``P`` at the pixel-centre offsets (1/arcsec^2, float64), exactly symmetric."""
+        self._check_pixel_scale(pixel_scale)
+        size = self._kernel_size(pixel_scale) if size is None else int(size)
+        x2 = ((np.abs(np.arange(size) - 0.5 * (size - 1)) * pixel_scale) / self.alpha) ** 2
+        # x^2 + y^2 from |offsets|: symmetric under x -> -x, y -> -y and x <-> y exactly
+        r2 = np.add.outer(x2, x2)
+        return (self.beta - 1.0) / (math.pi * self.alpha**2) * (1.0 + r2) ** (-self.beta)
+
     def kernel(self, pixel_scale: float) -> np.ndarray:
-        k = self.pixel_integrals(pixel_scale)
+        """The simulator's kernel: :meth:`point_samples` normalized to sum 1."""
+        k = self.point_samples(pixel_scale)
         return k / k.sum()
 
     def get_config(self):
@@ -215,7 +314,19 @@ class MoffatPSF(PSF):
 class PixelPSF(PSF):
     """A PSF given as a pixel kernel at the image's pixel scale (odd size, sum > 0).
 
-    The kernel is normalized to sum 1 unless ``normalize=False``.
+    The kernel is normalized to sum 1 unless ``normalize=False``, and used as given: the
+    simulator convolves its pixel-averaged image (the pixel window is already applied by
+    averaging sub-pixels, see :class:`PSF`) with it.
+
+    Caveat on the convention: the kernel should be the optical PSF *sampled* at
+    pixel-centre offsets (what :class:`GaussianPSF` and :class:`MoffatPSF` give, and
+    lenstronomy's ``kernel_point_source``). An empirical PSF measured from stars in the
+    data, or a pixel-integrated model PSF ("effective PSF", e.g. from a PSF fitting code
+    that returns pixel responses), already includes the pixel response; used here, the
+    pixel window is applied twice and the model PSF is too wide by a variance of
+    ``pixel_scale^2 / 12`` per axis (a few percent in FWHM for a PSF of ~2 pixels, less for
+    well-sampled ones). This is usually accepted (lenstronomy does the same with such
+    kernels); for exact work, deconvolve the pixel window from the kernel first.
     """
 
     def __init__(self, kernel, normalize: bool = True):

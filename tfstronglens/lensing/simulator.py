@@ -63,7 +63,10 @@ class Simulator:
 
     in flux / arcsec^2. Sub-pixels are averaged to pixels and multiplied by the pixel area
     (so images are in flux per pixel, as lenstronomy's), then convolved with the PSF at the
-    native pixel scale (lenstronomy's default, ``supersampling_convolution=False``).
+    native pixel scale (lenstronomy's default, ``supersampling_convolution=False``). The
+    averaging applies the pixel window, so the analytic PSF kernels are the PSF sampled at
+    pixel-centre offsets (not integrated over pixels): the image is ``box * PSF * I``, as
+    lenstronomy's (see :class:`~tfstronglens.lensing.psf.PSF`).
 
     Args:
       grid: a :class:`PixelGrid` (its dtype sets the simulator's).

@@ -356,7 +356,8 @@ class SyntheticGalaxyGenerator:
 
     def _stored_psf(self) -> np.ndarray:
         """The pixel-integrated PSF (effective PSF), ``P x P``, sum 1 (float64)."""
-        return self._psf_object().kernel(self.config.pixel_scale)
+        k = self._psf_object().pixel_integrals(self.config.pixel_scale)
+        return k / k.sum()
 
     def _sampled_psf(self) -> np.ndarray:
         """The PSF sampled at pixel centres, sum 1: the kernel applied to pixel-integrated
