@@ -219,6 +219,21 @@ def test_75d_gaussian_with_vi_mass_matrix(rng, tmp_path):
                                       res.sample_stats["diverging"])
 
 
+def run_until_interrupted(log_prob, init, checkpoint, step, **kw):
+    """Run ``sample_hmc`` with ``checkpoint`` and interrupt it after the chunk that
+    reaches ``step`` (as a crash or Ctrl-C would)."""
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(info):
+        if info["step"] >= step:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        sample_hmc(log_prob, init, checkpoint=checkpoint, callback=stop, **kw)
+
+
 def test_resume_from_checkpoint_continues_exactly(gauss, rng, tmp_path):
     gauss.set(np.zeros(D), random_cov(rng, D, cond=10.0))
     init = rng.normal(size=(4, D))
@@ -226,16 +241,7 @@ def test_resume_from_checkpoint_continues_exactly(gauss, rng, tmp_path):
     full = sample_hmc(gauss.log_prob, init, **kw)
 
     ckpt = str(tmp_path / "chain.npz")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_150(info):
-        if info["step"] >= 150:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        sample_hmc(gauss.log_prob, init, checkpoint=ckpt, callback=stop_after_150, **kw)
+    run_until_interrupted(gauss.log_prob, init, ckpt, 150, **kw)
     with np.load(ckpt) as f:
         assert int(f["step"]) == 150  # chunks end at 50 (burn-in), 150, 200
     resumed = sample_hmc(gauss.log_prob, init, checkpoint=ckpt, **kw)
@@ -298,16 +304,7 @@ def test_dense_mass_matrix_adaptation_learns_the_covariance(gauss, rng, tmp_path
     # Interrupted inside the adaptation (chunks end at the window ends 100, 150, 250 and
     # at 300), a rerun resumes to the same draws and the same learned metric.
     ckpt = str(tmp_path / "adapt.npz")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(info):
-        if info["step"] >= 150:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        sample_hmc(gauss.log_prob, init, checkpoint=ckpt, callback=stop, **kw)
+    run_until_interrupted(gauss.log_prob, init, ckpt, 150, **kw)
     resumed = sample_hmc(gauss.log_prob, init, checkpoint=ckpt, **kw)
     assert resumed.resumed_from_step == 150
     np.testing.assert_array_equal(resumed.samples, res.samples)
