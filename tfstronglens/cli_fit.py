@@ -24,7 +24,8 @@ def _add_inference_args(p, defaults):
     g = p.add_argument_group("inference settings")
     g.add_argument("--method", choices=_METHODS, default=defaults["method"],
                    help="map: multi-start MAP + Laplace; vi: + variational (full-rank "
-                        "Gaussian); hmc: + NUTS preconditioned by the VI covariance "
+                        "Gaussian); hmc: + NUTS, its dense metric started at the VI covariance and "
+                        "adapted in warm-up "
                         "(default: %(default)s)")
     g.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
     g.add_argument("--num-starts", type=_count, default=defaults["num_starts"],
