@@ -311,6 +311,51 @@ def test_dense_mass_matrix_adaptation_learns_the_covariance(gauss, rng, tmp_path
     np.testing.assert_array_equal(resumed.mass_matrix, res.mass_matrix)
 
 
+def test_chees_hmc_many_chains_learns_metric_and_trajectory(gauss, rng, tmp_path):
+    # ChEES-HMC: 16 chains share one step size and one jittered trajectory length, both
+    # adapted in burn-in together with the dense metric; the draws must have the right
+    # moments, and an interrupted run must resume to the same chains.
+    cov = random_cov(rng, D, cond=1e3)
+    mean = rng.normal(size=D)
+    gauss.set(mean, cov)
+    init = mean + 0.1 * rng.normal(size=(16, D))
+    kw = dict(kernel="chees", num_results=100, num_burnin=200, seed=4, chunk_size=CHUNK,
+              progress=False, step_size=0.05, max_tree_depth=5, adapt_mass_matrix="dense")
+    res = sample_hmc(gauss.log_prob, init, **kw)
+    assert res.kernel == "chees" and res.samples.shape == (100, 16, D)
+    assert_moments(res.samples, mean, cov)
+    assert potential_scale_reduction(res.samples).max() < 1.05
+    assert res.num_divergences.sum() == 0
+    # One step size for all chains, fixed after burn-in.
+    assert np.all(res.step_size == res.step_size[0])
+    assert np.all(res.sample_stats["step_size"] == res.step_size[0])
+    # The trajectory length is adapted in burn-in, then fixed; the number of leapfrog
+    # steps is jittered below its cap 2**max_tree_depth - 1 and the same for all chains.
+    traj = res.sample_stats["trajectory_length"]
+    assert np.all(traj == traj[0, 0]) and traj[0, 0] > 0
+    assert res.warmup_stats["trajectory_length"][0, 0] != traj[0, 0]
+    n = res.sample_stats["n_steps"]
+    assert np.all(n == n[:, :1]) and n.min() >= 1 and n.max() <= 31
+    assert len(np.unique(n)) >= 3
+    assert np.all(n <= np.ceil(traj / res.step_size[0]) + 1)
+    ratio = np.linalg.eigvals(np.linalg.solve(cov, res.mass_matrix)).real
+    assert 0.5 < ratio.min() and ratio.max() < 2.0, ratio
+
+    ckpt = str(tmp_path / "chees.npz")
+    run_until_interrupted(gauss.log_prob, init, ckpt, 150, **kw)
+    resumed = sample_hmc(gauss.log_prob, init, checkpoint=ckpt, **kw)
+    assert resumed.resumed_from_step == 150
+    np.testing.assert_array_equal(resumed.samples, res.samples)
+    np.testing.assert_array_equal(resumed.sample_stats["n_steps"], n)
+    # One replica of a strategy runs the same chains.
+    short = dict(kw, num_results=10, num_burnin=20)
+    a = sample_hmc(gauss.log_prob, init, **short)
+    b = sample_hmc(gauss.log_prob, init, strategy=tf.distribute.get_strategy(), **short)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    with pytest.raises(ValueError, match="step_size must be a scalar for kernel='chees'"):
+        sample_hmc(gauss.log_prob, init, **dict(short, step_size=np.linspace(0.1, 0.2, 16)))
+
+
 def test_bad_arguments_raise_value_error_naming_them(gauss):
     init = np.zeros((2, D))
     lp = gauss.log_prob
@@ -388,6 +433,11 @@ def test_chains_split_across_two_replicas():
         assert r.samples.shape == (500, 4, 2), r.samples.shape
         assert np.all(diagnostics.potential_scale_reduction(r.samples) < 1.02)
         assert not np.allclose(r.samples[:, 0], r.samples[:, 2])  # replicas differ
+        c = mcmc.sample_hmc(lp, np.zeros((8, 2)), num_results=300, num_burnin=300, seed=3,
+                            progress=False, strategy=s, kernel="chees")
+        assert np.all(diagnostics.potential_scale_reduction(c.samples) < 1.02)
+        # one step size per replica, shared by its 4 chains
+        assert len(set(c.step_size[:4])) == 1 and len(set(c.step_size[4:])) == 1
         print("OK")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,7 +1,10 @@
-"""Hamiltonian Monte Carlo (NUTS or fixed-length HMC) on a generic unconstrained target.
+"""Hamiltonian Monte Carlo (NUTS, ChEES-HMC or fixed-length HMC) on a generic
+unconstrained target.
 
-:func:`sample_hmc` runs ``num_chains`` chains of ``tfp.mcmc.NoUTurnSampler`` or
-``tfp.mcmc.HamiltonianMonteCarlo`` in XLA-compiled chunks of steps, adapting the step size
+:func:`sample_hmc` runs ``num_chains`` chains of ``tfp.mcmc.NoUTurnSampler``,
+ChEES-HMC (``tfp.experimental.mcmc.GradientBasedTrajectoryLengthAdaptation`` around
+``tfp.mcmc.HamiltonianMonteCarlo``) or plain ``tfp.mcmc.HamiltonianMonteCarlo`` in
+XLA-compiled chunks of steps, adapting the step size
 by dual averaging during burn-in, optionally preconditioned by a covariance estimate (the
 "mass matrix", e.g. the VI posterior covariance), with a progress bar, atomic
 checkpoints that a rerun resumes from, and the diagnostics that tell whether to trust the
@@ -35,7 +38,7 @@ __all__ = ["sample_hmc", "MCMCResult", "clear_compile_cache", "adaptation_window
 
 tfm = tfp.mcmc
 
-_KERNELS = ("nuts", "hmc")
+_KERNELS = ("nuts", "hmc", "chees")
 _CHECKPOINT_VERSION = 2
 _ADAPT_KINDS = (None, "diag", "dense")
 # HMC has no divergence flag of its own; NUTS uses max_energy_diff = 1000 (Stan's value).
@@ -64,11 +67,15 @@ class MCMCResult:
         ``diverging`` (bool), ``step_size`` (in whitened coordinates, see
         :func:`sample_hmc`), ``n_steps`` (leapfrog steps = gradient evaluations), and
         for NUTS ``tree_depth`` (``ceil(log2(n_steps + 1))``) and
-        ``reached_max_treedepth``; for HMC ``energy_error`` (``H(end) - H(start)``).
+        ``reached_max_treedepth``; for HMC and ChEES ``energy_error``
+        (``H(end) - H(start)``), and for ChEES ``trajectory_length`` (the adapted
+        maximum trajectory length, whitened units; each transition integrates a
+        jittered fraction of it).
       trace: ``name -> [num_results, num_chains, ...]`` from ``trace_fn`` (empty if none).
       warmup_stats: the same statistics as ``sample_stats`` for the burn-in steps.
-      step_size: ``[num_chains]`` final (adapted) step size.
-      kernel: ``"nuts"`` or ``"hmc"``.
+      step_size: ``[num_chains]`` final (adapted) step size (ChEES: the same for all
+        chains of a replica).
+      kernel: ``"nuts"``, ``"chees"`` or ``"hmc"``.
       timing: seconds: ``total`` (this call), ``warmup``, ``sampling`` (steps run in
         this call), ``first_chunk`` (includes XLA compilation), ``compile_estimate``
         (first chunk minus the per-step time of the others, times its steps).
@@ -289,12 +296,6 @@ def _estimate_covariance(xw, kind):
 # ------------------------------------------------------------------------------------
 
 
-def _stat_specs(kernel, trace_shapes):
-    names = ["lp", "acceptance_rate", "diverging", "step_size", "n_steps"]
-    names += ["tree_depth", "reached_max_treedepth"] if kernel == "nuts" else ["energy_error"]
-    return names + [f"trace/{k}" for k in trace_shapes]
-
-
 def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth,
                        chunk_size, mode, jit_compile):
     """A tf.function running up to ``chunk_size`` transitions from a given adaptation state.
@@ -312,30 +313,54 @@ def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tr
             return u * scale
         return tf.linalg.matvec(scale, u)
 
-    def run(u, error_sum, log_averaging_step, new_step_size, init_step_size, step0, n_steps,
-            seed, scale, adapt_start, num_adaptation_steps, target_accept):
+    def run(u, error_sum, log_averaging_step, new_step_size, init_step_size, chees_state,
+            step0, n_steps, seed, scale, adapt_start, num_adaptation_steps, target_accept):
         dtype = u.dtype
 
         def target(v):
             return log_prob_fn(to_x(v, scale))
 
-        if kernel == "nuts":
+        shared = kernel == "chees"  # one step size for all chains (of this replica)
+        if shared:
+            # ChEES-HMC (Hoffman, Radul & Sountsov 2021): jittered trajectory length
+            # adapted to maximise the expected squared jump of the chains' centred
+            # second moments; the step size is shared across chains and adapted on the
+            # harmonic mean of their acceptance probabilities.
+            error_sum, log_averaging_step, new_step_size, init_step_size = (
+                tf.reshape(t, []) for t in (error_sum, log_averaging_step, new_step_size,
+                                            init_step_size))
+            hmc = tfm.HamiltonianMonteCarlo(target, step_size=init_step_size,
+                                            num_leapfrog_steps=1)
+            inner = tfp.experimental.mcmc.GradientBasedTrajectoryLengthAdaptation(
+                hmc, num_adaptation_steps=num_adaptation_steps - adapt_start,
+                max_leapfrog_steps=2 ** max_tree_depth - 1)
+            reduce_fn = tfp.math.reduce_log_harmonic_mean_exp
+        elif kernel == "nuts":
             inner = tfm.NoUTurnSampler(
                 target, step_size=init_step_size, max_tree_depth=max_tree_depth,
                 max_energy_diff=_MAX_ENERGY_ERROR)
+            reduce_fn = tfp.math.reduce_logmeanexp
         else:
             inner = tfm.HamiltonianMonteCarlo(
                 target, step_size=init_step_size, num_leapfrog_steps=num_leapfrog_steps)
+            reduce_fn = tfp.math.reduce_logmeanexp
         # Step-size adaptation restarts at ``adapt_start`` (0, or the end of the last
         # mass-matrix window) and ends with the burn-in.
         adaptive = tfm.DualAveragingStepSizeAdaptation(
             inner, num_adaptation_steps=num_adaptation_steps - adapt_start,
-            target_accept_prob=target_accept)
+            target_accept_prob=target_accept, reduce_fn=reduce_fn)
         # Fresh results for the current state (one gradient), then the carried
         # adaptation state: step counter, error sum, averaged and current step size.
         kr = adaptive.bootstrap_results(u)
         kr = kr._replace(step=step0 - adapt_start, error_sum=[error_sum],
                          log_averaging_step=[log_averaging_step], new_step_size=new_step_size)
+        if shared:
+            # Carried ChEES state: trajectory length (whitened units), its running
+            # average and the RMSProp normaliser; the counter restarts with the step size.
+            cs = tf.reshape(chees_state, [3])
+            kr = kr._replace(inner_results=kr.inner_results._replace(
+                max_trajectory_length=cs[0], averaged_max_trajectory_length=cs[1],
+                averaged_sq_grad=cs[2], step=step0 - adapt_start))
 
         def record(v, kr):
             if kernel == "nuts":
@@ -352,21 +377,26 @@ def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tr
                 }
                 ss = ir.step_size
             else:
-                ir = kr.inner_results
+                ir = kr.inner_results.inner_results if shared else kr.inner_results
                 lp = ir.accepted_results.target_log_prob
                 lar = ir.log_accept_ratio
                 energy_error = -lar
+                steps = (ir.accepted_results.num_leapfrog_steps if shared
+                         else num_leapfrog_steps)
                 rec = {
                     "lp": lp,
                     "diverging": ~(tf.math.abs(energy_error) < _MAX_ENERGY_ERROR),
-                    "n_steps": tf.fill(tf.shape(lp), tf.cast(num_leapfrog_steps, dtype)),
+                    "n_steps": tf.fill(tf.shape(lp), tf.cast(steps, dtype)),
                     "energy_error": energy_error,
                 }
+                if shared:
+                    rec["trajectory_length"] = tf.fill(
+                        tf.shape(lp), kr.inner_results.max_trajectory_length)
                 ss = ir.accepted_results.step_size
             rec["acceptance_rate"] = tf.exp(tf.minimum(tf.where(tf.math.is_nan(lar),
                                                                 tf.constant(-np.inf, dtype),
                                                                 lar), 0.0))
-            rec["step_size"] = tf.reshape(ss, [-1])
+            rec["step_size"] = tf.broadcast_to(tf.reshape(ss, [-1]), tf.shape(lp))
             x = to_x(v, scale)
             rec["x"] = x
             if trace_fn is not None:
@@ -389,7 +419,14 @@ def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tr
         _, u, kr, buffers = tf.while_loop(
             lambda i, *_: i < n_steps, body, (tf.constant(0, tf.int32), u, kr, buffers),
             maximum_iterations=chunk_size)
-        return u, kr.error_sum[0], kr.log_averaging_step[0], kr.new_step_size, buffers
+        if shared:
+            g = kr.inner_results
+            chees_out = tf.stack([g.max_trajectory_length, g.averaged_max_trajectory_length,
+                                  g.averaged_sq_grad])[None]
+            return (u, tf.reshape(kr.error_sum[0], [1]), tf.reshape(kr.log_averaging_step[0], [1]),
+                    tf.reshape(kr.new_step_size, [1]), chees_out, buffers)
+        return (u, kr.error_sum[0], kr.log_averaging_step[0], kr.new_step_size, chees_state,
+                buffers)
 
     return tf.function(run, jit_compile=jit_compile, reduce_retracing=False)
 
@@ -464,7 +501,8 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
                progress: bool = True, checkpoint=None, trace_fn=None, strategy=None,
                callback=None, dtype=None, reuse_compiled: bool = True,
                adapt_mass_matrix: str | None = None) -> MCMCResult:
-    r"""Sample ``exp(log_prob_fn)`` with NUTS or HMC, in compiled chunks, with checkpoints.
+    r"""Sample ``exp(log_prob_fn)`` with NUTS, ChEES-HMC or HMC, in compiled chunks, with
+    checkpoints.
 
     #### Mathematical details
 
@@ -474,6 +512,19 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     Metropolis test on ``exp(-Delta H)`` for ``kernel="hmc"``; for ``kernel="nuts"``
     (Hoffman & Gelman 2014, multinomial variant of Betancourt 2017) the trajectory
     doubles until it makes a U-turn or reaches ``2**max_tree_depth - 1`` steps.
+
+    **ChEES-HMC** (``kernel="chees"``; Hoffman, Radul & Sountsov 2021, AISTATS) runs HMC
+    with ``ceil(h_n T / eps)`` leapfrog steps at transition ``n``, ``h_n`` a Halton
+    sequence in (0, 1] (jitter), and adapts the trajectory length ``T`` during burn-in by
+    stochastic gradient ascent (Adam-like, with iterate averaging) on the ChEES criterion
+    ``E[(|x' - mean|^2 - |x - mean|^2)^2]`` (the expected squared change of the centred
+    second moment, the mean taken across chains, weighted by acceptance). All chains
+    share one step size and one trajectory length, so each transition costs the same
+    number of gradients in every chain: no chain waits for another's deeper tree, which
+    suits many chains batched on one device. The shared step size is adapted on the
+    harmonic mean of the chains' acceptance probabilities. ``step_size *
+    num_leapfrog_steps`` is the initial ``T``, and ``2**max_tree_depth - 1`` caps the
+    leapfrog steps. Use tens of chains: the criterion's mean is estimated across them.
 
     **Preconditioning.** ``mass_matrix`` is a *covariance* estimate ``Sigma`` of the
     posterior (the inverse of HMC's mass matrix ``M``; e.g. the VI or Laplace covariance),
@@ -489,7 +540,8 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     ``tfp.mcmc.DualAveragingStepSizeAdaptation`` (Nesterov dual averaging as in Stan,
     Hoffman & Gelman 2014 Sec. 3.2) adapts one step size per chain towards mean
     acceptance probability ``target_accept``; at the end of burn-in each chain's step size
-    is fixed to its averaged iterate, so the kept draws come from a fixed Markov kernel.
+    is fixed to its averaged iterate, so the kept draws come from a fixed Markov kernel
+    (for ChEES, the trajectory length too).
     Burn-in draws are discarded (their statistics are kept in ``warmup_stats``).
 
     **Mass-matrix adaptation.** With ``adapt_mass_matrix="dense"`` (or ``"diag"``) the
@@ -522,8 +574,9 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     Everything is static-shaped, so the same code runs on CPU, GPU and TPU. With
     ``strategy`` (a ``tf.distribute.Strategy``) the chains are split evenly across its
     replicas (``num_chains`` must be a multiple of ``num_replicas_in_sync``); each replica
-    runs its chains with its own seed ``fold_in(seed, replica_id)`` and step sizes, with no
-    communication between replicas. One replica (the default strategy) gives the same
+    runs its chains with its own seed ``fold_in(seed, replica_id)`` and step sizes (for
+    ChEES: its own shared step size and trajectory length), with no communication
+    between replicas. One replica (the default strategy) gives the same
     draws as ``strategy=None``.
 
     Args:
@@ -533,10 +586,13 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         ``log_prob_fn``. Ignored when resuming from ``checkpoint``.
       num_results: kept draws per chain (>= 1).
       num_burnin: burn-in (step-size adaptation) steps per chain (>= 0).
-      kernel: ``"nuts"`` (default) or ``"hmc"``.
-      step_size: initial step size (whitened units), a positive scalar or ``[num_chains]``.
-      num_leapfrog_steps: leapfrog steps per HMC transition (``kernel="hmc"``).
-      max_tree_depth: NUTS maximum tree depth (at most ``2**depth - 1`` leapfrog steps).
+      kernel: ``"nuts"`` (default), ``"chees"`` or ``"hmc"``.
+      step_size: initial step size (whitened units), a positive scalar or ``[num_chains]``
+        (a scalar for ChEES).
+      num_leapfrog_steps: leapfrog steps per HMC transition (``kernel="hmc"``); for
+        ChEES the initial trajectory length is ``step_size * num_leapfrog_steps``.
+      max_tree_depth: NUTS maximum tree depth (at most ``2**depth - 1`` leapfrog steps);
+        for ChEES, the cap ``2**depth - 1`` on the leapfrog steps of a transition.
       mass_matrix: ``None``, ``[D]`` variances or a ``[D, D]`` covariance (see above).
       adapt_mass_matrix: ``None`` (keep ``mass_matrix``), ``"diag"`` or ``"dense"``:
         learn the covariance during burn-in (see above).
@@ -612,7 +668,10 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         raise ValueError(
             f"step_size must be a positive scalar or [num_chains={num_chains}] array, got "
             f"{step_size!r}")
-    init_ss = ss.astype(np_dtype)[:, None]  # [C, 1]: one step size per chain
+    if kernel == "chees" and not np.all(ss == ss[0]):
+        raise ValueError(
+            f"step_size must be a scalar for kernel='chees' (one step size shared by the "
+            f"chains), got {step_size!r}")
 
     mode, scale = _scale_from_mass_matrix(mass_matrix, dim, np_dtype)
     if adapt_mass_matrix not in _ADAPT_KINDS:
@@ -636,6 +695,14 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
                 f"strategy's {replicas} replicas")
     else:
         replicas = 1
+    if kernel == "chees":
+        # One step size (and trajectory length) per replica, shared by its chains.
+        init_ss = np.full([replicas], ss[0], np_dtype)
+        chees0 = np.zeros([replicas, 3], np_dtype)
+        chees0[:, 0] = ss[0] * num_leapfrog_steps  # initial trajectory length
+    else:
+        init_ss = ss.astype(np_dtype)[:, None]  # [C, 1]: one step size per chain
+        chees0 = np.zeros([replicas, 3], np_dtype)
 
     if checkpoint is not None:
         checkpoint = check_output_path(checkpoint, overwrite=True)
@@ -645,8 +712,8 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         "num_burnin": num_burnin, "num_chains": int(num_chains), "dim": int(dim),
         "seed": seed_arr.tolist(), "dtype": dtype.name, "target_accept": float(target_accept),
         "step_size": [float(v) for v in init_ss.ravel()], "replicas": replicas,
-        "num_leapfrog_steps": num_leapfrog_steps if kernel == "hmc" else None,
-        "max_tree_depth": max_tree_depth if kernel == "nuts" else None,
+        "num_leapfrog_steps": num_leapfrog_steps if kernel in ("hmc", "chees") else None,
+        "max_tree_depth": max_tree_depth if kernel in ("nuts", "chees") else None,
         "mass_matrix": mode, "adapt_mass_matrix": adapt_mass_matrix,
         "mass_matrix_digest": None if scale is None else hashlib.sha1(
             np.ascontiguousarray(scale).tobytes()).hexdigest(),
@@ -683,24 +750,28 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         step_done = 0
         carry = {
             "u": np.asarray(u0, np_dtype),
-            "error_sum": np.zeros([num_chains], np_dtype),
-            "log_averaging_step": np.zeros([num_chains, 1], np_dtype),
+            "error_sum": np.zeros(init_ss.shape[:1], np_dtype),
+            "log_averaging_step": np.zeros_like(init_ss),
             "new_step_size": init_ss,
             "init_step_size": init_ss,
+            "chees_state": chees0,
             "adapt_start": np.array(0, np.int64),
             "scale": np.zeros([1], np_dtype) if scale is None else np.asarray(scale, np_dtype),
         }
         host, warm = None, None
     else:
         step_done, carry, host, warm = resumed
+        carry.setdefault("chees_state", chees0)  # checkpoints of NUTS/HMC before ChEES
 
     runner = _get_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth,
                          chunk_size, mode, jit_compile, reuse_compiled)
     seed_t = tf.constant(seed_arr)
 
     def run_chunk(carry, step0, n):
+        # Split over replicas: u by chains; the adaptation state by chains, or by
+        # replicas for ChEES (one shared step size per replica); the ChEES state by replicas.
         args = (carry["u"], carry["error_sum"], carry["log_averaging_step"],
-                carry["new_step_size"], carry["init_step_size"])  # per-chain arguments
+                carry["new_step_size"], carry["init_step_size"], carry["chees_state"])
         consts = (tf.constant(carry["scale"]),
                   tf.constant(int(carry["adapt_start"]), tf.int32),
                   tf.constant(num_burnin, tf.int32), tf.constant(target_accept, dtype))
@@ -710,9 +781,9 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
                          tf.random.experimental.stateless_fold_in(seed_t, 0), *consts)
             outs = [tf.nest.map_structure(lambda t: t.numpy(), out)]
         else:
-            per = num_chains // replicas
-
             def dist(arr):
+                per = arr.shape[0] // replicas  # chains, or 1 row per replica
+
                 return strategy.experimental_distribute_values_from_function(
                     lambda ctx: tf.constant(arr[ctx.replica_id_in_sync_group * per:
                                                 (ctx.replica_id_in_sync_group + 1) * per]))
@@ -731,8 +802,9 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
             "error_sum": np.concatenate([o[1] for o in outs], 0),
             "log_averaging_step": np.concatenate([o[2] for o in outs], 0),
             "new_step_size": np.concatenate([o[3] for o in outs], 0),
+            "chees_state": np.concatenate([o[4] for o in outs], 0),
         })
-        bufs = {k: np.concatenate([o[4][k] for o in outs], 1)[:n] for k in outs[0][4]}
+        bufs = {k: np.concatenate([o[5][k] for o in outs], 1)[:n] for k in outs[0][5]}
         return new_carry, bufs
 
     # ---- chunks ---------------------------------------------------------------------
@@ -814,7 +886,8 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         sample_stats=stats,
         trace={k[6:]: v for k, v in host.items() if k.startswith("trace/")},
         warmup_stats=warm_stats,
-        step_size=np.asarray(carry["new_step_size"]).ravel(),
+        step_size=np.repeat(np.asarray(carry["new_step_size"]).ravel(),
+                            num_chains // np.asarray(carry["new_step_size"]).shape[0]),
         kernel=kernel,
         timing=timing,
         resumed_from_step=int(resumed_from),
@@ -867,4 +940,8 @@ def _next_metric(carry, xw, kind, mode, end, np_dtype):
         "init_step_size": eps,
         "adapt_start": np.array(end, np.int64),
     })
+    if "chees_state" in carry:  # ChEES: keep the trajectory length, restart its averages
+        cs = np.array(carry["chees_state"], copy=True)
+        cs[:, 1:] = 0
+        out["chees_state"] = cs
     return out
