@@ -9,7 +9,7 @@ from .diagnostics import (
     save_samples,
     summarize,
 )
-from .map import MAPResult, find_map
+from .map import MAPResult, find_map, polish_levenberg_marquardt
 from .mcmc import MCMCResult, sample_hmc
 from .model import LensModel, build_model, log_uniform
 from .pipeline import FitResult, fit_lens, write_fit_outputs
@@ -23,6 +23,7 @@ __all__ = [
     "build_model",
     "log_uniform",
     "find_map",
+    "polish_levenberg_marquardt",
     "MAPResult",
     "fit_vi",
     "VIResult",

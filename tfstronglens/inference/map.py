@@ -13,8 +13,11 @@ optimised together by Adam (Kingma & Ba 2015) on
 with a learning rate decaying exponentially from ``learning_rate`` to
 ``learning_rate * lr_decay`` over ``num_steps``. Each start keeps the best point it
 visited; the best start overall is the estimate. Optionally all final points are then
-polished together by L-BFGS (``tfp.optimizer.lbfgs_minimize``, batched), keeping a polished
-point only where it improves the objective.
+polished together by Levenberg-Marquardt (``lm_steps``, :func:`polish_levenberg_marquardt`:
+Gauss-Newton curvature of the chi^2 plus the exact Hessian of the prior, converging in
+a few tens of iterations where Adam needs thousands) or by L-BFGS
+(``tfp.optimizer.lbfgs_minimize``, batched; its line search often stalls on the
+float32 objective), keeping a polished point only where it improves the objective.
 
 Note that the posterior mode in unconstrained coordinates (with ``log|J|``) differs from
 the mode of the constrained density; both are reported through ``log_posterior``.
@@ -43,7 +46,10 @@ import tensorflow_probability as tfp
 from ._util import adam_update, as_seed, positive_float, positive_int, progress_bar
 from .model import LensModel
 
-__all__ = ["find_map", "MAPResult", "initial_points"]
+__all__ = ["find_map", "MAPResult", "initial_points", "polish_levenberg_marquardt"]
+
+# Default size of the Levenberg-Marquardt polish: renders per iteration (2 D per start).
+_LM_RENDERS_PER_ITERATION = 2048
 
 
 class MAPResult:
@@ -167,7 +173,8 @@ _step_jit = tf.function(_step, jit_compile=True, autograph=False)
 def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int = 1000,
              learning_rate: float = 0.05, seed=None, init=None, init_jitter: float = 0.0,
              objective: str = "posterior", lr_decay: float = 0.1, lbfgs_steps: int = 0,
-             steps_per_call: int = 1, progress: bool = True) -> MAPResult:
+             lm_steps: int = 0, lm_starts: int | None = None, steps_per_call: int = 1,
+             progress: bool = True) -> MAPResult:
     r"""Multi-start MAP (or maximum-likelihood) fit of a :class:`LensModel` (see module docs).
 
     Args:
@@ -181,6 +188,12 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
       objective: ``"posterior"`` (default) or ``"likelihood"``.
       lr_decay: final learning rate as a fraction of the initial one (exponential decay).
       lbfgs_steps: if > 0, polish all final points with this many L-BFGS iterations.
+      lm_steps: if > 0, polish all final points with up to this many Levenberg-Marquardt
+        iterations (:func:`polish_levenberg_marquardt`; recommended, e.g. 30: Adam leaves
+        most starts far from their mode on the narrow ridges of bright lenses).
+      lm_starts: polish only the best ``lm_starts`` starts (after Adam); default: as many
+        as keep one iteration within ``2048`` renders (``2 D`` per start), at least one
+        (all 32 starts of a 22-parameter model; 13 of a 77-parameter one).
       steps_per_call: Adam steps per compiled call (1: reuse the model's compiled
         gradient; > 1: compile a loop of that many steps).
       progress: show a tqdm progress bar.
@@ -204,6 +217,11 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
         raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
     k = positive_int(steps_per_call, "steps_per_call")
     n_lbfgs = positive_int(lbfgs_steps, "lbfgs_steps", minimum=0)
+    n_lm = positive_int(lm_steps, "lm_steps", minimum=0)
+    if lm_starts is None:
+        n_lm_starts = min(S, max(1, _LM_RENDERS_PER_ITERATION // (2 * model.num_params)))
+    else:
+        n_lm_starts = min(S, positive_int(lm_starts, "lm_starts"))
     d = model._get_data(data)
     dt = model.dtype
     start = time.perf_counter()
@@ -242,6 +260,18 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
     best_val = tf.where(improved, val, best_val)
     if n_lbfgs:
         best_x, best_val = _lbfgs_polish(model, best_x, best_val, d, objective, n_lbfgs)
+    if n_lm:
+        vals = best_val.numpy()
+        order = np.argsort(-np.where(np.isfinite(vals), vals, -np.inf), kind="stable")
+        top = np.sort(order[:n_lm_starts])
+        xs, new_vals = polish_levenberg_marquardt(model, tf.gather(best_x, top), d,
+                                                  objective, n_lm, progress=progress)
+        all_x = best_x.numpy()
+        all_x[top] = xs
+        vals = vals.copy()
+        vals[top] = new_vals
+        best_x = tf.constant(all_x, dt)
+        best_val = tf.constant(vals, dt)
     i_best = int(tf.argmax(tf.where(tf.math.is_finite(best_val), best_val,
                                     tf.fill([S], tf.constant(-np.inf, dt)))))
     x_best = best_x[i_best]
@@ -275,3 +305,141 @@ def _lbfgs_polish(model, x0, val0, data, objective, max_iterations):
     val, _ = model._value_and_grad_2d(res.position, data, objective)
     better = tf.math.is_finite(val) & (val > val0)
     return (tf.where(better[:, None], res.position, x0), tf.where(better, val, val0))
+
+
+def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str = "posterior",
+                               num_iterations: int = 30, fd_step: float | None = None,
+                               tolerance: float = 1e-3, max_batch: int = 256,
+                               progress: bool = False):
+    r"""Levenberg-Marquardt refinement of the points ``x0 [S, D]`` (unconstrained), batched.
+
+    #### Method
+
+    The objective is ``f(x) = -log p~(x | data) = chi^2(x) / 2 + P(x) + const`` with
+    ``chi^2 = sum_p r_p^2``, ``r_p = (d_p - m_p(x)) / sigma_p`` over the (unmasked) pixels
+    and ``P = -(log prior + log|J|)`` (``P = 0`` for ``objective="likelihood"``). Each
+    iteration builds the Gauss-Newton curvature
+
+        H = J^T J + nabla^2 P,    J_pj = (dm_p / dx_j) / sigma_p,
+
+    with ``sigma`` at the current point, ``dm/dx`` by central differences of the rendered
+    model (``2 D`` renders per point, step ``fd_step`` in unconstrained units: ``1e-3``
+    in float32, ``1e-5`` in float64) and ``nabla^2 P`` by automatic differentiation. The
+    gradient ``g`` is the model's exact gradient, so the fixed point is the exact mode
+    even though ``H`` is approximate (it omits the residuals' curvature and the
+    dependence of the Poisson variance on the model). The steps
+    ``delta = (H + lambda diag(H))^{-1} g`` for ``lambda = lambda_s (0.1, 1, 10, 100)``
+    (Marquardt's scaling by ``diag(H)``; ``lambda_s`` per point, starting at ``1e-3``) are
+    evaluated together, the best one that increases ``log p~`` is taken and its
+    ``lambda`` kept; a point with no improving step gets ``lambda_s x 1000``. Near the
+    mode the steps are Newton steps on ``chi^2``: convergence is quadratic for
+    well-fitted data, where Adam's is linear with the condition number (``~1e6`` for a
+    bright, compact lens light). Iterations stop after ``num_iterations``, or once no
+    point's ``log p~`` rose by more than ``tolerance`` for two iterations running.
+
+    Cost per iteration: ``2 D S`` renders (value only, in batches of ``max_batch``), one
+    value and gradient of the ``S`` points and ``4 S`` values. Points whose value is not
+    finite are returned unchanged.
+
+    Args:
+      model: the :class:`~tfstronglens.inference.LensModel`.
+      x0: ``[S, D]`` starting points (e.g. the final Adam points of :func:`find_map`).
+      data: the image (default: the model's data).
+      objective: ``"posterior"`` or ``"likelihood"``.
+      num_iterations: maximum number of iterations (>= 1).
+      fd_step: central-difference step of the Jacobian (unconstrained units).
+      tolerance: convergence threshold on the increase of ``log p~`` per iteration.
+      max_batch: largest batch of renders per call.
+      progress: show a progress bar.
+
+    Returns:
+      ``(x [S, D], values [S])`` as numpy arrays in the model's dtype.
+    """
+    if not isinstance(model, LensModel):
+        raise ValueError(f"model must be a LensModel, got {model!r}")
+    model._check_objective(objective)
+    n_it = positive_int(num_iterations, "num_iterations")
+    batch = positive_int(max_batch, "max_batch")
+    tol = positive_float(tolerance, "tolerance")
+    d = model._get_data(data)
+    dt = model.dtype
+    np_dt = dt.as_numpy_dtype
+    X = np.array(x0.numpy() if hasattr(x0, "numpy") else x0, dtype=np.float64, ndmin=2)
+    D = model.num_params
+    if X.ndim != 2 or X.shape[1] != D:
+        raise ValueError(f"x0 must have shape [S, {D}], got {list(X.shape)}")
+    if fd_step is None:
+        h = 1e-3 if dt == tf.float32 else 1e-5
+    else:
+        h = positive_float(fd_step, "fd_step")
+
+    def values_grads(x):
+        v, g = model._value_and_grad_2d(tf.constant(x, dt), d, objective)
+        return v.numpy().astype(np.float64), g.numpy().astype(np.float64)
+
+    def render(x):
+        # equal chunks (the last one padded): one compilation per run
+        n = x.shape[0]
+        size = min(batch, n)
+        out = []
+        for i in range(0, n, size):
+            part = x[i:i + size]
+            if part.shape[0] < size:
+                part = np.concatenate([part, np.repeat(part[:1], size - part.shape[0], 0)], 0)
+            out.append(model._padded("render", tf.constant(part, dt), d, objective).numpy())
+        return np.concatenate(out, 0)[:n].astype(np.float64)
+
+    f, g = values_grads(X)
+    active = np.flatnonzero(np.isfinite(f) & np.all(np.isfinite(g), axis=1))
+    if active.size == 0:
+        return X.astype(np_dt), f.astype(np_dt)
+    lam = np.full(active.size, 1e-3)
+    factors = np.array([0.1, 1.0, 10.0, 100.0])
+    eye = np.eye(D)
+    mask = None if model.mask is None else np.asarray(model.mask, np.float64).ravel()
+    quiet = 0
+    bar = progress_bar(n_it, "MAP polish (LM)", progress)
+    for _ in range(n_it):
+        xa = X[active]
+        k = xa.shape[0]
+        fa, ga = values_grads(xa)
+        pm = np.concatenate([(xa[:, None] + h * eye).reshape(-1, D),
+                             (xa[:, None] - h * eye).reshape(-1, D), xa], 0)
+        imgs = render(pm)
+        sigma = np.asarray(model._pixel_sigma(tf.constant(imgs[2 * k * D:], dt)), np.float64)
+        sigma = np.broadcast_to(sigma, (k,) + sigma.shape[-2:]).reshape(k, -1)
+        imgs = imgs[:2 * k * D].reshape(2, k, D, -1)
+        jac = (imgs[0] - imgs[1]) / (2.0 * h) / sigma[:, None, :]
+        if mask is not None:
+            jac = jac * mask
+        H = np.einsum("kip,kjp->kij", jac, jac)
+        if objective == "posterior":
+            H = H + model._padded("prior_hessian", tf.constant(xa, dt), d,
+                                  objective).numpy().astype(np.float64)
+        H = 0.5 * (H + np.swapaxes(H, 1, 2))
+        steps = np.zeros((k, factors.size, D))
+        for i in range(k):
+            dg = np.maximum(np.diag(H[i]), 1e-12 * max(np.abs(np.diag(H[i])).max(), 1e-30))
+            for j, fac in enumerate(factors):
+                try:
+                    steps[i, j] = np.linalg.solve(H[i] + lam[i] * fac * np.diag(dg), ga[i])
+                except np.linalg.LinAlgError:
+                    steps[i, j] = 0.0
+        trial = (xa[:, None] + steps).reshape(-1, D)
+        ft = model._value_2d(tf.constant(trial, dt), d, objective).numpy().astype(np.float64)
+        ft = np.where(np.isfinite(ft), ft, -np.inf).reshape(k, factors.size)
+        best = np.argmax(ft, axis=1)
+        fbest = ft[np.arange(k), best]
+        ok = fbest > fa
+        X[active] = np.where(ok[:, None], xa + steps[np.arange(k), best], xa)
+        lam = np.where(ok, lam * factors[best], lam * 1000.0)
+        gain = np.max(np.where(ok, fbest - fa, 0.0))
+        bar.update(1)
+        if progress:
+            bar.set_postfix_str(f"best {np.max(np.where(ok, fbest, fa)):.6g}")
+        quiet = quiet + 1 if gain < tol else 0
+        if quiet >= 2:
+            break
+    bar.close()
+    f, _ = values_grads(X)
+    return X.astype(np_dt), f.astype(np_dt)

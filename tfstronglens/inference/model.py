@@ -689,11 +689,14 @@ class LensModel:
         return tfd.Normal(model, self.noise_map).sample(seed=seed)
 
     # ================================================================ densities
-    def _pixel_log_like(self, model, data):
+    def _pixel_sigma(self, model):
+        """Per-pixel noise standard deviation for the noiseless ``model`` images."""
         if self.noise_map is None:
-            sigma = tf.sqrt(self.observation._variance(model))
-        else:
-            sigma = self.noise_map
+            return tf.sqrt(self.observation._variance(model))
+        return self.noise_map
+
+    def _pixel_log_like(self, model, data):
+        sigma = self._pixel_sigma(model)
         lp = tfd.Normal(model, sigma).log_prob(data)
         if self.mask is not None:
             lp = lp * self.mask
@@ -789,6 +792,19 @@ class LensModel:
             if kind == "value":
                 def fn(x, data):
                     return self._unconstrained_impl(x, data, objective)
+            elif kind == "render":  # model images (data unused)
+                def fn(x, data):
+                    return self._render_flat(self._split_flat(x)[0])
+            elif kind == "prior_hessian":  # Hessian of -(log prior + log|J|) in x
+                def fn(x, data):
+                    with tf.GradientTape() as outer:
+                        outer.watch(x)
+                        with tf.GradientTape() as inner:
+                            inner.watch(x)
+                            params, ldj = self._split_flat(x)
+                            p = -(self._log_prior_flat(params) + ldj)
+                        g = inner.gradient(p, x)
+                    return outer.batch_jacobian(g, x)
             else:
                 def fn(x, data):
                     with tf.GradientTape() as tape:
