@@ -104,6 +104,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-starts", type=int, default=32)
     ap.add_argument("--map-steps", type=int, default=400)
+    ap.add_argument("--map-polish-steps", type=int, default=30,
+                    help="Levenberg-Marquardt iterations after Adam (fit_lens default 30)")
     ap.add_argument("--vi-steps", type=int, default=400)
     ap.add_argument("--num-chains", type=int, default=8)
     ap.add_argument("--num-results", type=int, default=400)
@@ -119,6 +121,12 @@ def main(argv=None):
     ap.add_argument("--adapt-mass-matrix", default="dense",
                     choices=["dense", "diag", "none"],
                     help="NUTS metric learned in burn-in windows (fit_lens default: dense)")
+    ap.add_argument("--kernel", default="nuts", choices=["nuts", "chees"],
+                    help="fit_lens hmc_kernel: NUTS (default) or ChEES-HMC (use many chains, "
+                         "e.g. --num-chains 32)")
+    ap.add_argument("--target-accept", type=float, default=0.8,
+                    help="step-size adaptation target (fit_lens default 0.8; for ChEES the "
+                         "harmonic mean over chains)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
                     help=f"tiny settings for a smoke run ({QUICK}); no meaningful ESS")
@@ -139,9 +147,11 @@ def main(argv=None):
                         supersample=SS, compile_batch_size=args.compile_batch_size)
     names = list(model.param_names)
     settings = dict(num_starts=args.num_starts, map_steps=args.map_steps,
+                    map_polish_steps=args.map_polish_steps,
                     vi_steps=args.vi_steps, num_chains=args.num_chains,
                     num_results=args.num_results, num_burnin=args.num_burnin,
                     max_tree_depth=args.max_tree_depth, seed=args.seed,
+                    hmc_kernel=args.kernel, target_accept=args.target_accept,
                     adapt_mass_matrix=(None if args.adapt_mass_matrix == "none"
                                        else args.adapt_mass_matrix))
     t0 = time.perf_counter()
@@ -218,10 +228,11 @@ def main(argv=None):
     print(f"\ntime per stage [s]: MAP {tm['map']:.1f}, VI {tm['vi']:.1f}, HMC {tm['hmc']:.1f} "
           f"(burn-in {ht['warmup']:.1f} + sampling {ht['sampling']:.1f}; XLA compile "
           f"estimate {'n/a' if comp is None else f'{comp:.1f}'}), total {tm['total']:.1f}")
-    print(f"gradient evaluations: MAP {grads_map}, VI {grads_vi}, NUTS burn-in "
-          f"{grads_hmc_burn} + sampling {grads_hmc} (all chains; mean tree depth "
-          f"{np.mean(m.mean_tree_depth):.2f})")
-    print(f"NUTS: acceptance {np.mean(m.acceptance_rate):.3f} (per chain "
+    print(f"gradient evaluations: MAP {grads_map}, VI {grads_vi}, HMC burn-in "
+          f"{grads_hmc_burn} + sampling {grads_hmc} (all chains; "
+          + (f"mean tree depth {np.mean(m.mean_tree_depth):.2f})" if m.mean_tree_depth
+             is not None else f"mean leapfrog steps {np.mean(m.sample_stats['n_steps']):.1f})"))
+    print(f"{args.kernel.upper()}: acceptance {np.mean(m.acceptance_rate):.3f} (per chain "
           f"{np.round(m.acceptance_rate, 3).tolist()}), divergences "
           f"{int(np.sum(m.num_divergences))} (burn-in {results['warmup_divergences']}), step "
           f"size {np.median(m.step_size):.3g}")

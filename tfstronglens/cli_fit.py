@@ -23,10 +23,10 @@ _METHODS = ("map", "vi", "hmc")
 def _add_inference_args(p, defaults):
     g = p.add_argument_group("inference settings")
     g.add_argument("--method", choices=_METHODS, default=defaults["method"],
-                   help="map: multi-start MAP + Laplace; vi: + variational (full-rank "
-                        "Gaussian); hmc: + NUTS, its dense metric started at the VI covariance and "
-                        "adapted in warm-up "
-                        "(default: %(default)s)")
+                   help="map: multi-start MAP (Adam, then Levenberg-Marquardt) + Laplace; "
+                        "vi: + variational (full-rank Gaussian); hmc: + NUTS or ChEES-HMC "
+                        "(--hmc-kernel), its dense metric started at the VI covariance and "
+                        "adapted in warm-up (default: %(default)s)")
     g.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
     g.add_argument("--num-starts", type=_count, default=defaults["num_starts"],
                    help="MAP starts optimised together (default: %(default)s)")
@@ -43,7 +43,15 @@ def _add_inference_args(p, defaults):
     g.add_argument("--num-burnin", type=_non_negative, default=defaults["num_burnin"],
                    help="NUTS warm-up steps per chain (default: %(default)s)")
     g.add_argument("--max-tree-depth", type=_count, default=8,
-                   help="NUTS maximum tree depth (default: %(default)s)")
+                   help="NUTS maximum tree depth; for ChEES the trajectory cap is "
+                        "2**depth - 1 leapfrog steps (default: %(default)s)")
+    g.add_argument("--hmc-kernel", choices=("nuts", "chees"), default="nuts",
+                   help="sampler of --method hmc: nuts, or chees (ChEES-HMC: jittered "
+                        "trajectories of adapted length, one step size for all chains; "
+                        "use many chains, e.g. --num-chains 32) (default: %(default)s)")
+    g.add_argument("--map-polish-steps", type=_non_negative, default=30,
+                   help="Levenberg-Marquardt iterations after the Adam steps of the MAP "
+                        "(0: none; skipped above 128 parameters) (default: %(default)s)")
     g.add_argument("--no-xla", action="store_true",
                    help="run the model as plain TensorFlow graphs instead of XLA-compiled "
                         "functions (no compilation delay; slower per step on large images)")
@@ -129,6 +137,7 @@ def _fit_kwargs(args):
                 map_steps=args.map_steps, vi_steps=args.vi_steps, vi_surrogate=args.surrogate,
                 num_chains=args.num_chains, num_results=args.num_results,
                 num_burnin=args.num_burnin, max_tree_depth=args.max_tree_depth,
+                hmc_kernel=args.hmc_kernel, map_polish_steps=args.map_polish_steps,
                 progress=not args.no_progress)
 
 

@@ -3,7 +3,8 @@ r"""The end-to-end inference sequence MAP -> VI -> HMC, its summaries and its ou
 :func:`fit_lens` runs, on one :class:`~tfstronglens.inference.LensModel` and one image,
 
 1. **MAP**: :func:`~tfstronglens.inference.find_map`, ``num_starts`` starts drawn from the
-   prior and optimised together (one batched tensor);
+   prior and optimised together (one batched tensor) by Adam, then polished by
+   Levenberg-Marquardt (``map_polish_steps``);
 2. for ``method="map"``: the **Laplace approximation** at the MAP
    (:func:`~tfstronglens.inference.laplace_approximation`: a Gaussian in the unconstrained
    coordinates with the inverse Hessian as covariance), whose draws, mapped to the
@@ -11,9 +12,10 @@ r"""The end-to-end inference sequence MAP -> VI -> HMC, its summaries and its ou
 3. for ``"vi"`` and ``"hmc"``: **variational inference**
    (:func:`~tfstronglens.inference.fit_vi`, full-rank Gaussian by default) started at the
    MAP;
-4. for ``"hmc"``: **NUTS** (:func:`~tfstronglens.inference.sample_hmc`), ``num_chains``
-   chains started from VI draws, preconditioned with the VI covariance as mass matrix
-   (``x = L u`` with ``L L^T`` the VI covariance), step size adapted during burn-in;
+4. for ``"hmc"``: **NUTS** or **ChEES-HMC** (``hmc_kernel``;
+   :func:`~tfstronglens.inference.sample_hmc`), ``num_chains`` chains started from VI
+   draws, preconditioned with the VI covariance as the first metric (``x = L u`` with
+   ``L L^T`` the VI covariance), then a dense metric and the step size adapted in burn-in;
    R-hat and bulk/tail ESS per parameter (Vehtari et al. 2021);
 5. optionally the **subhalo detection** likelihood-ratio test
    (:func:`~tfstronglens.inference.detect_subhalo`), whose no-subhalo fit starts from the
@@ -106,13 +108,18 @@ def _simple_summary(draws: np.ndarray, names, keep) -> dict:
     return out
 
 
+# Levenberg-Marquardt polishing of the MAP costs 2 D renders per start and iteration.
+_MAX_LM_PARAMS = 128
+
+
 def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              num_starts: int = 64, map_steps: int = 500, map_learning_rate: float = 0.05,
+             map_polish_steps: int = 30,
              vi_surrogate: str = "full_rank", vi_steps: int = 500,
              vi_learning_rate: float = 0.01, num_samples: int = 2000, num_chains: int = 8,
              num_results: int = 500, num_burnin: int = 500, max_tree_depth: int = 8,
              target_accept: float = 0.8, adapt_mass_matrix: str | None = "dense",
-             detect: bool | None = None,
+             hmc_kernel: str = "nuts", detect: bool | None = None,
              detection_starts: int | None = None, detection_steps: int | None = None,
              detection_learning_rate: float | None = None,
              checkpoint: str | None = None, progress: bool = True,
@@ -127,13 +134,23 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
       seed: integer seed of the whole run (reproducible).
       num_starts, map_steps, map_learning_rate: multi-start MAP (Adam in unconstrained
         space).
+      map_polish_steps: then up to this many Levenberg-Marquardt iterations on all starts
+        (:func:`~tfstronglens.inference.polish_levenberg_marquardt`; skipped for models
+        with more than 128 parameters, e.g. pixelated sources, whose finite-difference
+        Jacobian would cost ``2 D`` renders per start). 0 turns it off.
       vi_surrogate, vi_steps, vi_learning_rate: the VI stage (``"mean_field"``,
         ``"full_rank"`` or ``"iaf"``).
       num_samples: draws from the Laplace or VI posterior to summarise.
-      num_chains, num_results, num_burnin, max_tree_depth, target_accept: NUTS.
-      adapt_mass_matrix: ``"dense"`` (default), ``"diag"`` or ``None``: learn the NUTS
+      num_chains, num_results, num_burnin, max_tree_depth, target_accept: the sampler
+        (for ChEES ``max_tree_depth`` caps the trajectory at ``2**max_tree_depth - 1``
+        leapfrog steps).
+      adapt_mass_matrix: ``"dense"`` (default), ``"diag"`` or ``None``: learn the
         metric during burn-in in Stan's windows, starting from the VI covariance
         (:func:`~tfstronglens.inference.sample_hmc`); ``None`` keeps the VI covariance.
+      hmc_kernel: ``"nuts"`` (default) or ``"chees"``: ChEES-HMC (jittered fixed-length
+        trajectories whose length is adapted across chains; one step size shared by the
+        chains), which suits many chains batched together (e.g. ``num_chains=32``) and
+        compiles much faster than NUTS.
       detect: run :func:`~tfstronglens.inference.detect_subhalo` (default: when the
         model has subhalos); detection_starts, detection_steps, detection_learning_rate:
         its maximum-likelihood fits (default: ``num_starts``, ``map_steps`` and
@@ -156,6 +173,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                         ("num_chains", num_chains), ("num_results", num_results)):
         positive_int(value, name)
     positive_int(num_burnin, "num_burnin", minimum=0)
+    if hmc_kernel not in ("nuts", "chees"):
+        raise ValueError(f"hmc_kernel must be 'nuts' or 'chees', got {hmc_kernel!r}")
     d = model._get_data(data)
     base = as_seed(seed)
     seeds = [tf.constant([int(base[0]) + 1000 * (i + 1), int(base[1])], tf.int32)
@@ -166,8 +185,11 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     t_start = time.perf_counter()
 
     t = time.perf_counter()
+    positive_int(map_polish_steps, "map_polish_steps", minimum=0)
+    lm_steps = map_polish_steps if model.num_params <= _MAX_LM_PARAMS else 0
     map_res = find_map(model, d, num_starts=num_starts, num_steps=map_steps,
-                       learning_rate=map_learning_rate, seed=seeds[0], progress=progress)
+                       learning_rate=map_learning_rate, seed=seeds[0], lm_steps=lm_steps,
+                       progress=progress)
     timings["map"] = time.perf_counter() - t
     best_fit = {k: float(v) for k, v in map_res.params.items() if np.ndim(v) == 0}
     laplace = vi_res = mcmc = None
@@ -203,8 +225,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             if init.shape[0] < num_chains:
                 init = np.resize(x_vi, (num_chains, x_vi.shape[-1]))
             mcmc = sample_hmc(model.target_log_prob_fn(d), init.astype(x_vi.dtype),
-                              num_results=num_results, num_burnin=num_burnin, kernel="nuts",
-                              step_size=0.5, max_tree_depth=max_tree_depth, mass_matrix=cov,
+                              num_results=num_results, num_burnin=num_burnin, kernel=hmc_kernel,
+                              step_size=0.5, num_leapfrog_steps=4, max_tree_depth=max_tree_depth, mass_matrix=cov,
                               target_accept=target_accept, seed=seeds[2],
                               adapt_mass_matrix=adapt_mass_matrix,
                               checkpoint=checkpoint, progress=progress,
@@ -244,12 +266,12 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         timings["detection"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     settings = dict(method=method, seed=seed, num_starts=num_starts, map_steps=map_steps,
-                    map_learning_rate=map_learning_rate, vi_surrogate=vi_surrogate,
+                    map_learning_rate=map_learning_rate, map_polish_steps=lm_steps, vi_surrogate=vi_surrogate,
                     vi_steps=vi_steps, vi_learning_rate=vi_learning_rate,
                     num_samples=num_samples, num_chains=num_chains, num_results=num_results,
                     num_burnin=num_burnin, max_tree_depth=max_tree_depth,
                     target_accept=target_accept, adapt_mass_matrix=adapt_mass_matrix,
-                    detect=bool(detect),
+                    hmc_kernel=hmc_kernel, detect=bool(detect),
                     detection_starts=detection_starts, detection_steps=detection_steps,
                     detection_learning_rate=detection_learning_rate)
     return FitResult(method=method, param_names=names, samples=samples, summary=summary,
