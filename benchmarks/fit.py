@@ -124,9 +124,9 @@ def main(argv=None):
     ap.add_argument("--kernel", default="nuts", choices=["nuts", "chees"],
                     help="fit_lens hmc_kernel: NUTS (default) or ChEES-HMC (use many chains, "
                          "e.g. --num-chains 32)")
-    ap.add_argument("--target-accept", type=float, default=0.8,
-                    help="step-size adaptation target (fit_lens default 0.8; for ChEES the "
-                         "harmonic mean over chains)")
+    ap.add_argument("--target-accept", type=float, default=None,
+                    help="step-size adaptation target (fit_lens default: 0.8 for NUTS, 0.651 "
+                         "for ChEES, on the harmonic mean over chains)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
                     help=f"tiny settings for a smoke run ({QUICK}); no meaningful ESS")

@@ -425,6 +425,8 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
                     steps[i, j] = np.linalg.solve(H[i] + lam[i] * fac * np.diag(dg), ga[i])
                 except np.linalg.LinAlgError:
                     steps[i, j] = 0.0
+        # a singular or non-finite system gives no step (the trial is the point itself)
+        steps = np.where(np.all(np.isfinite(steps), axis=-1, keepdims=True), steps, 0.0)
         trial = (xa[:, None] + steps).reshape(-1, D)
         ft = model._value_2d(tf.constant(trial, dt), d, objective).numpy().astype(np.float64)
         ft = np.where(np.isfinite(ft), ft, -np.inf).reshape(k, factors.size)
