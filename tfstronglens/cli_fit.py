@@ -49,7 +49,8 @@ def _add_inference_args(p, defaults):
                    help="sampler of --method hmc: nuts, or chees (ChEES-HMC: jittered "
                         "trajectories of adapted length, one step size for all chains; "
                         "use many chains, e.g. --num-chains 32) (default: %(default)s)")
-    g.add_argument("--map-polish-steps", type=_non_negative, default=30,
+    g.add_argument("--map-polish-steps", type=_non_negative,
+                   default=defaults["map_polish_steps"],
                    help="Levenberg-Marquardt iterations after the Adam steps of the MAP "
                         "(0: none; skipped above 128 parameters) (default: %(default)s)")
     g.add_argument("--no-xla", action="store_true",
@@ -105,7 +106,8 @@ def add_parsers(sub):
     fit.add_argument("--overwrite", action="store_true",
                      help="write into DIR even if it is not empty")
     _add_inference_args(fit, dict(method="hmc", num_starts=64, map_steps=500, vi_steps=500,
-                                  num_chains=8, num_results=500, num_burnin=500))
+                                  num_chains=8, num_results=500, num_burnin=500,
+                                  map_polish_steps=30))
     fit.set_defaults(func=_fit)
 
     demo = sub.add_parser(
@@ -121,7 +123,10 @@ def add_parsers(sub):
     demo.add_argument("--overwrite", action="store_true",
                       help="write into DIR even if it is not empty")
     _add_inference_args(demo, dict(method="map", num_starts=16, map_steps=250, vi_steps=300,
-                                   num_chains=4, num_results=200, num_burnin=200))
+                                   num_chains=4, num_results=200, num_burnin=200,
+                                   # the VAE decoder makes an LM iteration of the 77
+                                   # parameters cost ~6 s here: the demo's MAP is Adam only
+                                   map_polish_steps=0))
     demo.set_defaults(func=_demo)
 
 
