@@ -386,13 +386,14 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
             part = x[i:i + size]
             if part.shape[0] < size:
                 part = np.concatenate([part, np.repeat(part[:1], size - part.shape[0], 0)], 0)
-            out.append(model._padded("render", tf.constant(part, dt), d, objective).numpy())
+            out.append(model._padded("render", tf.constant(part, dt), d, None).numpy())
         return np.concatenate(out, 0)[:n].astype(np.float64)
 
     f, g = values_grads(X)
     active = np.flatnonzero(np.isfinite(f) & np.all(np.isfinite(g), axis=1))
     if active.size == 0:
         return X.astype(np_dt), f.astype(np_dt)
+    fa, ga = f[active], g[active]
     lam = np.full(active.size, 1e-3)
     factors = np.array([0.1, 1.0, 10.0, 100.0])
     eye = np.eye(D)
@@ -402,7 +403,6 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
     for _ in range(n_it):
         xa = X[active]
         k = xa.shape[0]
-        fa, ga = values_grads(xa)
         pm = np.concatenate([(xa[:, None] + h * eye).reshape(-1, D),
                              (xa[:, None] - h * eye).reshape(-1, D), xa], 0)
         imgs = render(pm)
@@ -415,7 +415,7 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
         H = np.einsum("kip,kjp->kij", jac, jac)
         if objective == "posterior":
             H = H + model._padded("prior_hessian", tf.constant(xa, dt), d,
-                                  objective).numpy().astype(np.float64)
+                                  None).numpy().astype(np.float64)
         H = 0.5 * (H + np.swapaxes(H, 1, 2))
         steps = np.zeros((k, factors.size, D))
         for i in range(k):
@@ -436,12 +436,13 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
         X[active] = np.where(ok[:, None], xa + steps[np.arange(k), best], xa)
         lam = np.where(ok, lam * factors[best], lam * 1000.0)
         gain = np.max(np.where(ok, fbest - fa, 0.0))
+        fa, ga = values_grads(X[active])  # the next iteration's gradient
         bar.update(1)
         if progress:
-            bar.set_postfix_str(f"best {np.max(np.where(ok, fbest, fa)):.6g}")
+            bar.set_postfix_str(f"best {np.max(fa):.6g}")
         quiet = quiet + 1 if gain < tol else 0
         if quiet >= 2:
             break
     bar.close()
-    f, _ = values_grads(X)
+    f[active] = fa
     return X.astype(np_dt), f.astype(np_dt)

@@ -695,14 +695,14 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
                 f"strategy's {replicas} replicas")
     else:
         replicas = 1
+    # ChEES state per replica: trajectory length, its average, RMSProp normaliser
+    chees0 = np.zeros([replicas, 3], np_dtype)
     if kernel == "chees":
         # One step size (and trajectory length) per replica, shared by its chains.
         init_ss = np.full([replicas], ss[0], np_dtype)
-        chees0 = np.zeros([replicas, 3], np_dtype)
         chees0[:, 0] = ss[0] * num_leapfrog_steps  # initial trajectory length
     else:
         init_ss = ss.astype(np_dtype)[:, None]  # [C, 1]: one step size per chain
-        chees0 = np.zeros([replicas, 3], np_dtype)
 
     if checkpoint is not None:
         checkpoint = check_output_path(checkpoint, overwrite=True)

@@ -792,10 +792,10 @@ class LensModel:
             if kind == "value":
                 def fn(x, data):
                     return self._unconstrained_impl(x, data, objective)
-            elif kind == "render":  # model images (data unused)
+            elif kind == "render":  # model images (data and objective unused)
                 def fn(x, data):
                     return self._render_flat(self._split_flat(x)[0])
-            elif kind == "prior_hessian":  # Hessian of -(log prior + log|J|) in x
+            elif kind == "prior_hessian":  # Hessian of -(log prior + log|J|) (data unused)
                 def fn(x, data):
                     with tf.GradientTape() as outer:
                         outer.watch(x)

@@ -180,6 +180,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                         ("num_chains", num_chains), ("num_results", num_results)):
         positive_int(value, name)
     positive_int(num_burnin, "num_burnin", minimum=0)
+    positive_int(map_polish_steps, "map_polish_steps", minimum=0)
+    lm_steps = map_polish_steps if model.num_params <= _MAX_LM_PARAMS else 0
     if hmc_kernel not in ("nuts", "chees"):
         raise ValueError(f"hmc_kernel must be 'nuts' or 'chees', got {hmc_kernel!r}")
     if target_accept is None:
@@ -194,8 +196,6 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     t_start = time.perf_counter()
 
     t = time.perf_counter()
-    positive_int(map_polish_steps, "map_polish_steps", minimum=0)
-    lm_steps = map_polish_steps if model.num_params <= _MAX_LM_PARAMS else 0
     map_res = find_map(model, d, num_starts=num_starts, num_steps=map_steps,
                        learning_rate=map_learning_rate, seed=seeds[0], lm_steps=lm_steps,
                        progress=progress)
