@@ -352,6 +352,13 @@ def fit_vi(model: LensModel, data=None, surrogate: str = "mean_field", init=None
         for var, gr, m, v in zip(variables, grads, m_state, v_state):
             gr = tf.where(finite, gr, tf.zeros_like(gr))
             new, m_new, v_new = adam_update(var, gr, m, v, t, lr)
+            constraint = getattr(var, "constraint", None)
+            if constraint is not None:
+                # the MADE networks of the IAF keep their autoregressive masks through
+                # kernel constraints, which Keras optimizers apply after each update; this
+                # hand-written Adam must too, or the flow's Jacobian stops being
+                # triangular and log q (sum of log-scales) is no longer its density
+                new = constraint(new)
             var.assign(tf.where(finite, new, var))
             m.assign(tf.where(finite, m_new, m))
             v.assign(tf.where(finite, v_new, v))
