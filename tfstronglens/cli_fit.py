@@ -49,6 +49,9 @@ def _add_inference_args(p, defaults):
                    help="sampler of --method hmc: nuts, or chees (ChEES-HMC: jittered "
                         "trajectories of adapted length, one step size for all chains; "
                         "use many chains, e.g. --num-chains 32) (default: %(default)s)")
+    g.add_argument("--neutra", action="store_true",
+                   help="NeuTra-HMC: sample in the base space of the VI normalizing flow "
+                        "(needs --surrogate iaf), for curved or skewed posteriors")
     g.add_argument("--map-polish-steps", type=_non_negative,
                    default=defaults["map_polish_steps"],
                    help="Levenberg-Marquardt iterations after the Adam steps of the MAP "
@@ -142,8 +145,8 @@ def _fit_kwargs(args):
                 map_steps=args.map_steps, vi_steps=args.vi_steps, vi_surrogate=args.surrogate,
                 num_chains=args.num_chains, num_results=args.num_results,
                 num_burnin=args.num_burnin, max_tree_depth=args.max_tree_depth,
-                hmc_kernel=args.hmc_kernel, map_polish_steps=args.map_polish_steps,
-                progress=not args.no_progress)
+                hmc_kernel=args.hmc_kernel, neutra=args.neutra,
+                map_polish_steps=args.map_polish_steps, progress=not args.no_progress)
 
 
 def _print_summary(result):

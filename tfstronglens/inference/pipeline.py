@@ -16,7 +16,9 @@ r"""The end-to-end inference sequence MAP -> VI -> HMC, its summaries and its ou
    :func:`~tfstronglens.inference.sample_hmc`), ``num_chains`` chains started from VI
    draws, preconditioned with the VI covariance as the first metric (``x = L u`` with
    ``L L^T`` the VI covariance), then a dense metric and the step size adapted in burn-in;
-   R-hat and bulk/tail ESS per parameter (Vehtari et al. 2021);
+   with ``neutra=True`` (and ``vi_surrogate="iaf"``) the chains run in the base space of
+   the fitted flow instead (NeuTra-HMC, Hoffman et al. 2019); R-hat and bulk/tail ESS per
+   parameter (Vehtari et al. 2021);
 5. optionally the **subhalo detection** likelihood-ratio test
    (:func:`~tfstronglens.inference.detect_subhalo`), whose no-subhalo fit starts from the
    MAP's lens and source parameters (a few jittered starts).
@@ -89,6 +91,15 @@ def _constrained(model: LensModel, x) -> np.ndarray:
     return out.reshape(batch + (out.shape[-1],))
 
 
+def _through(bijector, z, batch: int = 4096) -> np.ndarray:
+    """``bijector.forward`` of ``z [..., D]`` (numpy), in batches."""
+    z = np.asarray(z)
+    flat = z.reshape(-1, z.shape[-1])
+    out = [bijector.forward(tf.constant(flat[i:i + batch])).numpy()
+           for i in range(0, flat.shape[0], batch)]
+    return np.concatenate(out, 0).reshape(z.shape)
+
+
 def _scalar_names(model: LensModel):
     """Names of the scalar parameters (event-shaped ones such as a pixelated source's
     image are kept in the samples but left out of the summary)."""
@@ -119,7 +130,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              vi_learning_rate: float = 0.01, num_samples: int = 2000, num_chains: int = 8,
              num_results: int = 500, num_burnin: int = 500, max_tree_depth: int = 8,
              target_accept: float | None = None, adapt_mass_matrix: str | None = "dense",
-             hmc_kernel: str = "nuts", detect: bool | None = None,
+             hmc_kernel: str = "nuts", neutra: bool = False, detect: bool | None = None,
              detection_starts: int | None = None, detection_steps: int | None = None,
              detection_learning_rate: float | None = None,
              checkpoint: str | None = None, progress: bool = True,
@@ -158,6 +169,15 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         trajectories whose length is adapted across chains; one step size shared by the
         chains), which suits many chains batched together (e.g. ``num_chains=32``) and
         compiles much faster than NUTS.
+      neutra: NeuTra-HMC (Hoffman et al. 2019, arXiv:1903.03704): sample in the base
+        space of the fitted VI surrogate, ``x = T(z)`` with ``T`` the surrogate's bijector
+        (for ``vi_surrogate="iaf"`` a normalizing flow), i.e. the target
+        ``log p~(T(z)) + log |det dT/dz|``, which is close to ``N(0, I)`` where the flow
+        fits the posterior (also curved or skewed parts a metric cannot whiten). Chains
+        start from base-space draws ``z ~ N(0, I)``; the metric starts at the identity and is
+        adapted as usual; draws are mapped back through ``T`` (``mcmc.samples`` holds the
+        ``x``; ``mcmc.base_samples`` the ``z``). The flow is kept fixed while sampling, so
+        the chain targets the exact posterior whatever the flow's quality.
       detect: run :func:`~tfstronglens.inference.detect_subhalo` (default: when the
         model has subhalos); detection_starts, detection_steps, detection_learning_rate:
         its maximum-likelihood fits (default: ``num_starts``, ``map_steps`` and
@@ -186,6 +206,11 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         raise ValueError(f"hmc_kernel must be 'nuts' or 'chees', got {hmc_kernel!r}")
     if target_accept is None:
         target_accept = 0.651 if hmc_kernel == "chees" else 0.8
+    if not isinstance(neutra, (bool, np.bool_)):
+        raise ValueError(f"neutra must be True or False, got {neutra!r}")
+    if neutra and method == "hmc" and vi_surrogate != "iaf":
+        raise ValueError(f"neutra=True needs vi_surrogate='iaf' (a flow to sample through), "
+                         f"got vi_surrogate={vi_surrogate!r}")
     d = model._get_data(data)
     base = as_seed(seed)
     seeds = [tf.constant([int(base[0]) + 1000 * (i + 1), int(base[1])], tf.int32)
@@ -228,12 +253,25 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             samples = draws[:, None, :]
         else:
             t = time.perf_counter()
-            cov = np.asarray(vi_res.covariance, np.float64)
-            cov = 0.5 * (cov + cov.T)
-            init = x_vi[:num_chains]
-            if init.shape[0] < num_chains:
-                init = np.resize(x_vi, (num_chains, x_vi.shape[-1]))
-            mcmc = sample_hmc(model.target_log_prob_fn(d), init.astype(x_vi.dtype),
+            target = model.target_log_prob_fn(d)
+            if neutra:
+                flow = vi_res.surrogate.bijector
+                dim = len(names)
+
+                def target(z, _x_target=target):
+                    return (_x_target(flow.forward(z))
+                            + flow.forward_log_det_jacobian(z, event_ndims=1))
+
+                cov = np.eye(dim)
+                init = tf.random.stateless_normal([num_chains, dim], seeds[2] + 7,
+                                                  dtype=model.dtype).numpy()
+            else:
+                cov = np.asarray(vi_res.covariance, np.float64)
+                cov = 0.5 * (cov + cov.T)
+                init = x_vi[:num_chains]
+                if init.shape[0] < num_chains:
+                    init = np.resize(x_vi, (num_chains, x_vi.shape[-1]))
+            mcmc = sample_hmc(target, init.astype(x_vi.dtype),
                               num_results=num_results, num_burnin=num_burnin, kernel=hmc_kernel,
                               step_size=0.5, num_leapfrog_steps=4, max_tree_depth=max_tree_depth, mass_matrix=cov,
                               target_accept=target_accept, seed=seeds[2],
@@ -241,6 +279,11 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                               checkpoint=checkpoint, progress=progress,
                               jit_compile=(model.jit_compile if hmc_jit_compile is None
                                            else bool(hmc_jit_compile)))
+            if neutra:
+                mcmc.base_samples = mcmc.samples
+                mcmc.samples = _through(flow, mcmc.samples)
+                if getattr(mcmc, "warmup_samples", None) is not None:
+                    mcmc.warmup_samples = _through(flow, mcmc.warmup_samples)
             timings["hmc"] = time.perf_counter() - t
             samples = _constrained(model, mcmc.samples)
             stats = summarize(samples, names=names)
@@ -280,7 +323,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     num_samples=num_samples, num_chains=num_chains, num_results=num_results,
                     num_burnin=num_burnin, max_tree_depth=max_tree_depth,
                     target_accept=target_accept, adapt_mass_matrix=adapt_mass_matrix,
-                    hmc_kernel=hmc_kernel, detect=bool(detect),
+                    hmc_kernel=hmc_kernel, neutra=bool(neutra), detect=bool(detect),
                     detection_starts=detection_starts, detection_steps=detection_steps,
                     detection_learning_rate=detection_learning_rate)
     return FitResult(method=method, param_names=names, samples=samples, summary=summary,
