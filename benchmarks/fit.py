@@ -14,7 +14,8 @@ matched-filter S/N of the lensed source (with the lens light's Poisson noise,
 ``Observation.snr``) is ``--snr``.
 
 The public pipeline :func:`tfstronglens.inference.fit_lens` (``method="hmc"``) then runs:
-multi-start MAP (Adam), full-rank VI started at the MAP, and NUTS with ``--num-chains``
+multi-start MAP (Adam), full-rank VI (``--vi-surrogate``) started at the MAP, and NUTS
+(or ChEES, ``--kernel``; through the IAF flow with ``--neutra``) with ``--num-chains``
 chains started from VI draws and preconditioned by the VI covariance. Printed: seconds per
 stage (HMC including XLA compilation, whose estimate is given separately), gradient
 evaluations, min bulk/tail ESS and max R-hat over the 22 parameters, ESS per second (of
@@ -127,6 +128,10 @@ def main(argv=None):
     ap.add_argument("--target-accept", type=float, default=None,
                     help="step-size adaptation target (fit_lens default: 0.8 for NUTS, 0.651 "
                          "for ChEES, on the harmonic mean over chains)")
+    ap.add_argument("--vi-surrogate", default="full_rank",
+                    choices=["mean_field", "full_rank", "iaf"])
+    ap.add_argument("--neutra", action="store_true",
+                    help="NeuTra-HMC through the IAF surrogate (needs --vi-surrogate iaf)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
                     help=f"tiny settings for a smoke run ({QUICK}); no meaningful ESS")
@@ -152,6 +157,7 @@ def main(argv=None):
                     num_results=args.num_results, num_burnin=args.num_burnin,
                     max_tree_depth=args.max_tree_depth, seed=args.seed,
                     hmc_kernel=args.kernel, target_accept=args.target_accept,
+                    vi_surrogate=args.vi_surrogate, neutra=args.neutra,
                     adapt_mass_matrix=(None if args.adapt_mass_matrix == "none"
                                        else args.adapt_mass_matrix))
     t0 = time.perf_counter()
