@@ -176,8 +176,9 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         fits the posterior (also curved or skewed parts a metric cannot whiten). Chains
         start from base-space draws ``z ~ N(0, I)``; the metric starts at the identity and is
         adapted as usual; draws are mapped back through ``T`` (``mcmc.samples`` holds the
-        ``x``; ``mcmc.base_samples`` the ``z``). The flow is kept fixed while sampling, so
-        the chain targets the exact posterior whatever the flow's quality.
+        ``x``; ``mcmc.base_samples`` the ``z``; ``mcmc.log_prob`` and ``mcmc.mass_matrix``
+        refer to ``z``). The flow is kept fixed while sampling, so the chain targets the
+        exact posterior whatever the flow's quality. Used by ``method="hmc"`` only.
       detect: run :func:`~tfstronglens.inference.detect_subhalo` (default: when the
         model has subhalos); detection_starts, detection_steps, detection_learning_rate:
         its maximum-likelihood fits (default: ``num_starts``, ``map_steps`` and
