@@ -91,13 +91,10 @@ def _constrained(model: LensModel, x) -> np.ndarray:
     return out.reshape(batch + (out.shape[-1],))
 
 
-def _through(bijector, z, batch: int = 4096) -> np.ndarray:
-    """``bijector.forward`` of ``z [..., D]`` (numpy), in batches."""
+def _through(bijector, z) -> np.ndarray:
+    """``bijector.forward`` of draws ``z [..., D]`` (numpy)."""
     z = np.asarray(z)
-    flat = z.reshape(-1, z.shape[-1])
-    out = [bijector.forward(tf.constant(flat[i:i + batch])).numpy()
-           for i in range(0, flat.shape[0], batch)]
-    return np.concatenate(out, 0).reshape(z.shape)
+    return bijector.forward(tf.constant(z.reshape(-1, z.shape[-1]))).numpy().reshape(z.shape)
 
 
 def _scalar_names(model: LensModel):
@@ -254,19 +251,19 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             samples = draws[:, None, :]
         else:
             t = time.perf_counter()
-            target = model.target_log_prob_fn(d)
+            x_target = model.target_log_prob_fn(d)
             if neutra:
                 flow = vi_res.surrogate.bijector
-                dim = len(names)
 
-                def target(z, _x_target=target):
-                    return (_x_target(flow.forward(z))
+                def target(z):
+                    return (x_target(flow.forward(z))
                             + flow.forward_log_det_jacobian(z, event_ndims=1))
 
-                cov = np.eye(dim)
-                init = tf.random.stateless_normal([num_chains, dim], seeds[2] + 7,
+                cov = np.eye(len(names))
+                init = tf.random.stateless_normal([num_chains, len(names)], seeds[2] + 7,
                                                   dtype=model.dtype).numpy()
             else:
+                target = x_target
                 cov = np.asarray(vi_res.covariance, np.float64)
                 cov = 0.5 * (cov + cov.T)
                 init = x_vi[:num_chains]
@@ -283,7 +280,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             if neutra:
                 mcmc.base_samples = mcmc.samples
                 mcmc.samples = _through(flow, mcmc.samples)
-                if getattr(mcmc, "warmup_samples", None) is not None:
+                if mcmc.warmup_samples is not None:
                     mcmc.warmup_samples = _through(flow, mcmc.warmup_samples)
             timings["hmc"] = time.perf_counter() - t
             samples = _constrained(model, mcmc.samples)
