@@ -65,6 +65,26 @@ def test_laplace_is_a_mode_and_positive_definite(problem):
     assert lap.log_prob >= fit.objective - 1e-3
 
 
+def test_laplace_off_the_mode_repairs_negative_curvature(problem):
+    # 0.3" from the lens centre's mode the Hessian has negative eigenvalues. The Laplace
+    # covariance must stay a usable Gaussian (for VI's start and the HMC metric): the
+    # negative eigenvalues enter as |w| (floored at the prior's curvature, 0.27 here), not
+    # floored at 1e-8 max(w) (variances of ~500 in unconstrained units, whose draws fell
+    # thousands of nats below the mode on the 75-parameter posterior).
+    model, data, fit, lap = problem
+    x = lap.mean.copy()
+    x[list(model.param_names).index("lens.0.center_x")] += 0.3
+    with pytest.warns(UserWarning, match="not a maximum"):
+        off = laplace_approximation(model, x, data, newton_steps=0)
+    w, V = np.linalg.eigh(off.hessian)
+    assert w[0] < -100.0
+    cov_w = np.linalg.eigvalsh(off.covariance)
+    assert cov_w.min() > 0 and cov_w.max() < 1.0 / 0.2, cov_w
+    # along the most negative direction the variance is 1 / |w|
+    v = V[:, 0]
+    assert float(v @ off.covariance @ v) == pytest.approx(1.0 / abs(w[0]), rel=1e-6)
+
+
 def test_levenberg_marquardt_polish_reaches_the_mode(problem):
     # 30 Adam steps leave every start far from a mode; 20 Levenberg-Marquardt iterations
     # take the best of them to the Newton-refined mode of the Laplace approximation (which
