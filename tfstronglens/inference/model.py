@@ -796,23 +796,52 @@ class LensModel:
                 def fn(x, data):
                     return self._render_flat(self._split_flat(x)[0])
             elif kind == "prior_hessian":  # Hessian of -(log prior + log|J|) (data unused)
-                def fn(x, data):
-                    with tf.GradientTape() as outer:
-                        outer.watch(x)
-                        with tf.GradientTape() as inner:
-                            inner.watch(x)
-                            params, ldj = self._split_flat(x)
-                            p = -(self._log_prior_flat(params) + ldj)
-                        g = inner.gradient(p, x)
-                    return outer.batch_jacobian(g, x)
+                fn = self._prior_hessian_flat
             else:
                 def fn(x, data):
                     with tf.GradientTape() as tape:
                         tape.watch(x)
                         val = self._unconstrained_impl(x, data, objective)
                     return val, tape.gradient(val, x)
-            self._compiled[key] = tf.function(fn, jit_compile=self.jit_compile, autograph=False)
+            # Without XLA, one trace with a relaxed batch size serves every batch (MAP
+            # starts, Laplace's finite differences, LM's renders): each new trace and its
+            # first graph optimisation cost seconds. XLA compiles per shape anyway and
+            # keeps static shapes for its fast paths.
+            self._compiled[key] = tf.function(fn, jit_compile=self.jit_compile, autograph=False,
+                                              reduce_retracing=not self.jit_compile)
         return self._compiled[key]
+
+    def _prior_hessian_flat(self, x, data=None):
+        """Hessian ``[B, D, D]`` of ``-(log prior + log|J|)`` at ``x [B, D]``.
+
+        The priors are independent across parameters (one block of ``x`` each), so the
+        Hessian is block diagonal: for the one-dimensional blocks it is the diagonal
+        ``d/dx_i sum_j dP/dx_j`` (one extra reverse pass for all of them together); only
+        event-shaped blocks (e.g. the source latents) need a Jacobian of their gradient.
+        (Against one ``batch_jacobian`` of the whole gradient, the first call, i.e. trace
+        and graph optimisation, went from 17.8 s to 12.7 s for the 77-parameter demo
+        model on the 2-core CPU.)
+        """
+        sizes = [p.size for p in self._params]
+        parts = tf.split(x, sizes, axis=-1)
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch(parts)
+            with tf.GradientTape() as inner:
+                inner.watch(parts)
+                params, ldj = self._split_flat(tf.concat(parts, -1))
+                total = -(self._log_prior_flat(params) + ldj)
+            grads = inner.gradient(total, parts)
+            scalar_sum = tf.add_n([tf.reduce_sum(g) for g, n in zip(grads, sizes) if n == 1]
+                                  + [tf.zeros([], x.dtype)])
+        diag = outer.gradient(scalar_sum, parts, unconnected_gradients="zero")
+        dim = sum(sizes)
+        hess = tf.zeros(tf.concat([tf.shape(x)[:1], [dim, dim]], 0), x.dtype)
+        lo = 0
+        for g, n, dg, xp in zip(grads, sizes, diag, parts):
+            block = dg[:, :, None] if n == 1 else outer.batch_jacobian(g, xp)
+            hess = hess + tf.pad(block, [[0, 0], [lo, dim - lo - n], [lo, dim - lo - n]])
+            lo += n
+        return hess
 
     def _check_objective(self, objective):
         if objective not in _OBJECTIVES:
