@@ -102,10 +102,17 @@ def test_pixel_scale_from_wcs():
 
 
 # ------------------------------------------------------------------ fit_lens + outputs
-def test_fit_lens_map_recovers_truth_and_writes_outputs(tmp_path, simulated):
+@pytest.fixture(scope="module")
+def map_fit(simulated):
+    # (the sampling tests below start from this MAP: map_result=)
     model, data, _ = simulated
-    res = fit_lens(model, data, method="map", num_starts=32, map_steps=300, seed=1,
-                   num_samples=500, progress=False)
+    return fit_lens(model, data, method="map", num_starts=32, map_steps=300, seed=1,
+                    num_samples=500, progress=False)
+
+
+def test_fit_lens_map_recovers_truth_and_writes_outputs(tmp_path, simulated, map_fit):
+    model, data, _ = simulated
+    res = map_fit
     assert res.samples.shape == (500, 1, len(model.param_names))
     s = res.summary
     # the Einstein radius is measured to far better than 0.02" at this S/N
@@ -134,18 +141,21 @@ def test_fit_lens_map_recovers_truth_and_writes_outputs(tmp_path, simulated):
         fit_lens(model, data, method="mcmc")
 
 
-def test_fit_lens_chees_hmc_summary_has_convergence_diagnostics(tmp_path, simulated):
-    # The whole MAP -> LM -> VI -> ChEES-HMC pipeline on the small lens: the chains
-    # converge (rank-normalised R-hat), the truths lie within the sampled posterior, and
-    # R-hat and ESS reach summary.json.
+def test_fit_lens_chees_hmc_summary_has_convergence_diagnostics(tmp_path, simulated,
+                                                                map_fit):
+    # The MAP -> LM -> VI -> ChEES-HMC pipeline on the small lens, from the MAP stage of
+    # map_fit (32 starts x 300 steps + LM: 16 starts x 150 steps can all miss the truth's
+    # mode: a second mode with the lens centre 0.1" off and e1 of the opposite sign is 6
+    # nats below it): the chains converge (rank-normalised R-hat), the truths lie within
+    # the sampled posterior, and R-hat and ESS reach summary.json.
     model, data, _ = simulated
-    # (16 starts x 150 steps can all miss the truth's mode: a second mode with the lens
-    # centre 0.1" off and e1 of the opposite sign is 6 nats below it)
-    res = fit_lens(model, data, method="hmc", hmc_kernel="chees", num_starts=32,
-                   map_steps=200, vi_steps=100, num_chains=16, num_burnin=150,
-                   num_results=100, seed=2, progress=False)
+    res = fit_lens(model, data, method="hmc", hmc_kernel="chees", map_result=map_fit.map,
+                   vi_steps=100, num_chains=16, num_burnin=150, num_results=100, seed=2,
+                   progress=False)
     assert res.mcmc.kernel == "chees" and res.samples.shape == (100, 16, 14)
     assert res.settings["hmc_kernel"] == "chees" and res.settings["target_accept"] == 0.651
+    assert res.settings["map_reused"] and res.map is map_fit.map
+    assert res.timings["map"] < 1.0 and not map_fit.settings["map_reused"]
     s = res.summary
     assert max(v["r_hat"] for v in s.values()) < 1.05
     assert min(v["ess_bulk"] for v in s.values()) > 200
@@ -157,9 +167,11 @@ def test_fit_lens_chees_hmc_summary_has_convergence_diagnostics(tmp_path, simula
     assert summary["parameters"]["lens.0.theta_E"]["r_hat"] < 1.05
     with pytest.raises(ValueError, match="hmc_kernel"):
         fit_lens(model, data, method="hmc", hmc_kernel="mala")
+    with pytest.raises(ValueError, match="map_result must be a MAPResult of this model"):
+        fit_lens(model.replace(lens="epl+shear"), data, map_result=map_fit.map)
 
 
-def test_fit_lens_neutra_samples_the_posterior_through_the_flow(simulated):
+def test_fit_lens_neutra_samples_the_posterior_through_the_flow(simulated, map_fit):
     # NeuTra-HMC: ChEES in the base space of the IAF surrogate, x = T(z). The chains must
     # sample the posterior itself, not the flow: the draws' log density lies ~D/2 below
     # its value at the MAP (a chi^2_D / 2 deficit for a near-Gaussian posterior of
@@ -167,7 +179,7 @@ def test_fit_lens_neutra_samples_the_posterior_through_the_flow(simulated):
     # deficit ~2), the chains converge, and the truths lie within the posterior.
     model, data, _ = simulated
     res = fit_lens(model, data, method="hmc", hmc_kernel="chees", vi_surrogate="iaf",
-                   neutra=True, num_starts=32, map_steps=200, vi_steps=100, num_chains=16,
+                   neutra=True, map_result=map_fit.map, vi_steps=100, num_chains=16,
                    num_burnin=150, num_results=100, seed=2, progress=False)
     assert res.settings["neutra"] is True
     z, x = res.mcmc.base_samples, res.mcmc.samples
@@ -196,8 +208,8 @@ def test_fit_cli_map(tmp_path, simulated, capsys):
     out = tmp_path / "fit"
     args = [
         "fit", path, "--lens", "sie+shear", "--source", "sersic", "--method", "map",
-        "--num-starts", "8", "--map-steps", "100", "--out", str(out), "--no-progress",
-        "--no-xla",
+        "--num-starts", "8", "--map-steps", "100", "--map-polish-steps", "3", "--out",
+        str(out), "--no-progress", "--no-xla",
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -205,6 +217,7 @@ def test_fit_cli_map(tmp_path, simulated, capsys):
     summary = json.load(open(out / "summary.json"))
     assert summary["settings"]["lens"] == "sie+shear"
     assert summary["settings"]["pixel_scale"] == pytest.approx(PIX)
+    assert summary["settings"]["map_polish_steps"] == 3
     assert "lens.0.theta_E" in summary["parameters"]
     assert (out / "fit.png").exists() and (out / "corner.png").exists()
     # a non-empty output directory is refused without --overwrite

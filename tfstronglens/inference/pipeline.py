@@ -42,7 +42,7 @@ from ..io._atomic import atomic_output
 from ._util import as_seed, positive_int
 from .detection import SubhaloDetection, detect_subhalo
 from .diagnostics import save_samples, summarize
-from .map import find_map
+from .map import MAPResult, find_map
 from .mcmc import sample_hmc
 from .model import LensModel
 from .vi import fit_vi, laplace_approximation
@@ -131,7 +131,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              detection_starts: int | None = None, detection_steps: int | None = None,
              detection_learning_rate: float | None = None,
              checkpoint: str | None = None, progress: bool = True,
-             hmc_jit_compile: bool | None = None) -> FitResult:
+             hmc_jit_compile: bool | None = None, map_result=None) -> FitResult:
     r"""Fit ``model`` to ``data``: MAP, then Laplace (``"map"``), VI (``"vi"``) or VI + NUTS
     (``"hmc"``), then optionally the subhalo detection test (see module docs).
 
@@ -185,6 +185,11 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
       progress: progress bars for each stage.
       hmc_jit_compile: compile the NUTS chunks with XLA (default: as the model,
         ``model.jit_compile``).
+      map_result: a :class:`~tfstronglens.inference.MAPResult` of this model and data
+        (e.g. ``.map`` of an earlier ``fit_lens``) to start from instead of running the
+        MAP stage: the ``num_starts``, ``map_steps``, ``map_learning_rate`` and
+        ``map_polish_steps`` arguments are then unused (``settings["map_reused"]`` is
+        True and ``timings["map"]`` 0).
 
     Returns:
       a :class:`FitResult`.
@@ -209,6 +214,10 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     if neutra and method == "hmc" and vi_surrogate != "iaf":
         raise ValueError(f"neutra=True needs vi_surrogate='iaf' (a flow to sample through), "
                          f"got vi_surrogate={vi_surrogate!r}")
+    if map_result is not None and not (isinstance(map_result, MAPResult) and list(
+            map_result.param_names) == list(model.param_names)):
+        raise ValueError(f"map_result must be a MAPResult of this model (parameters "
+                         f"{list(model.param_names)}), got {map_result!r}")
     d = model._get_data(data)
     base = as_seed(seed)
     seeds = [tf.constant([int(base[0]) + 1000 * (i + 1), int(base[1])], tf.int32)
@@ -219,9 +228,12 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     t_start = time.perf_counter()
 
     t = time.perf_counter()
-    map_res = find_map(model, d, num_starts=num_starts, num_steps=map_steps,
-                       learning_rate=map_learning_rate, seed=seeds[0], lm_steps=lm_steps,
-                       progress=progress)
+    if map_result is None:
+        map_res = find_map(model, d, num_starts=num_starts, num_steps=map_steps,
+                           learning_rate=map_learning_rate, seed=seeds[0], lm_steps=lm_steps,
+                           progress=progress)
+    else:
+        map_res = map_result
     timings["map"] = time.perf_counter() - t
     best_fit = {k: float(v) for k, v in map_res.params.items() if np.ndim(v) == 0}
     laplace = vi_res = mcmc = None
@@ -323,7 +335,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     target_accept=target_accept, adapt_mass_matrix=adapt_mass_matrix,
                     hmc_kernel=hmc_kernel, neutra=bool(neutra), detect=bool(detect),
                     detection_starts=detection_starts, detection_steps=detection_steps,
-                    detection_learning_rate=detection_learning_rate)
+                    detection_learning_rate=detection_learning_rate,
+                    map_reused=map_result is not None)
     return FitResult(method=method, param_names=names, samples=samples, summary=summary,
                      best_fit=best_fit, map=map_res, laplace=laplace, vi=vi_res, mcmc=mcmc,
                      detection=detection, timings=timings, settings=settings, model=model,
