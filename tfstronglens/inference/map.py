@@ -337,9 +337,9 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
     bright, compact lens light). Iterations stop after ``num_iterations``, or once no
     point's ``log p~`` rose by more than ``tolerance`` for two iterations running.
 
-    Cost per iteration: ``2 D S`` renders (value only, in batches of ``max_batch``) and
-    the values and gradients of the ``4 S`` trial points (the accepted one's gradient is
-    the next iteration's). Points whose value is not finite are returned unchanged.
+    Cost per iteration: ``2 D S`` renders (value only, in batches of ``max_batch``), one
+    value and gradient of the ``S`` points and ``4 S`` values. Points whose value is not
+    finite are returned unchanged.
 
     Args:
       model: the :class:`~tfstronglens.inference.LensModel`.
@@ -428,20 +428,15 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
         # a singular or non-finite system gives no step (the trial is the point itself)
         steps = np.where(np.all(np.isfinite(steps), axis=-1, keepdims=True), steps, 0.0)
         trial = (xa[:, None] + steps).reshape(-1, D)
-        # values and gradients of the trials together: the model's one compiled
-        # function (no value-only compilation), and the accepted trial's gradient is the
-        # next iteration's
-        ft, gt = values_grads(trial)
+        ft = model._value_2d(tf.constant(trial, dt), d, objective).numpy().astype(np.float64)
         ft = np.where(np.isfinite(ft), ft, -np.inf).reshape(k, factors.size)
-        gt = gt.reshape(k, factors.size, D)
         best = np.argmax(ft, axis=1)
         fbest = ft[np.arange(k), best]
-        ok = (fbest > fa) & np.all(np.isfinite(gt[np.arange(k), best]), axis=-1)
+        ok = fbest > fa
         X[active] = np.where(ok[:, None], xa + steps[np.arange(k), best], xa)
         lam = np.where(ok, lam * factors[best], lam * 1000.0)
         gain = np.max(np.where(ok, fbest - fa, 0.0))
-        fa = np.where(ok, fbest, fa)
-        ga = np.where(ok[:, None], gt[np.arange(k), best], ga)
+        fa, ga = values_grads(X[active])  # the next iteration's gradient
         bar.update(1)
         if progress:
             bar.set_postfix_str(f"best {np.max(fa):.6g}")
