@@ -44,8 +44,8 @@ first pass at ``h = 1e-3``. The Hessian is symmetrised; where the point is not a
 maximum (eigenvalues ``w < 1e-8 max w``: a saddle or a flat direction, e.g. of a VAE
 latent that the optimiser has not settled), the covariance uses
 ``max(|w|, w_prior)``, with ``w_prior`` the smallest curvature of the prior term
-``-(log prior + log|J|)`` (the width of the prior in that direction at most), and a
-warning says so. ``|w|`` makes the Newton refinement below a saddle-free Newton step
+``-(log prior + log|J|)`` (so that no direction is wider than the prior's widest), and
+a warning says so. ``|w|`` makes the Newton refinement below a saddle-free Newton step
 (Dauphin et al. 2014) that leaves saddles instead of converging to them; flooring at
 ``1e-8 max`` instead gave draws thousands of nats below the mode on the 75-parameter
 VAE-source posterior, where 9 eigenvalues were negative. It also gives the Laplace
