@@ -129,7 +129,9 @@ def laplace_approximation(model: LensModel, x_map, data=None, objective: str = "
     positive_int(newton_steps, "newton_steps", minimum=0)
     lengths = 0.5 ** np.arange(6)
     for _ in range(newton_steps):
-        lap = laplace_approximation(model, x0, d, objective, step, newton_steps=0)
+        with warnings.catch_warnings():  # the final approximation below warns, once
+            warnings.simplefilter("ignore")
+            lap = laplace_approximation(model, x0, d, objective, step, newton_steps=0)
         val, g = model._value_and_grad_2d(tf.constant(x0[None], model.dtype), d, objective)
         g = g.numpy()[0].astype(np.float64)
         delta = lap.covariance @ g
