@@ -66,6 +66,36 @@ def test_subpixels_average_to_pixel_centres_and_bin_averages(num_pix, s, rng):
     assert tsl.PixelGrid(**grid.get_config()).get_config() == grid.get_config()
 
 
+@pytest.mark.parametrize("num_pix,s", [(5, 2), (6, 3), (4, 1)])
+@pytest.mark.parametrize("lead", [(), (1,), (2, 3)])
+def test_bin_rays_is_the_block_mean_of_the_ray_layout(num_pix, s, lead, rng):
+    """bin_rays (the Simulator's binning) averages the s^2 sub-pixels of each pixel, for
+    every leading batch shape including a single image (where the matrix product is a
+    vector-matrix product that XLA rewrites), with both methods, eagerly and under XLA;
+    its gradient is the adjoint, 1/s^2 on every sub-pixel."""
+    grid = tsl.PixelGrid(num_pix, 0.1, supersample=s, dtype=F64)
+    rx, ry = grid.ray_coordinates()
+    x, y = grid.coordinates(supersampled=False)
+    np.testing.assert_allclose(grid.bin_rays(rx).numpy(), x.numpy(), atol=1e-15)
+    np.testing.assert_allclose(grid.bin_rays(ry).numpy(), y.numpy(), atol=1e-15)
+    # ray layout row (a s + b) N + i, column j <-> natural sub-pixel (i s + a, j s + b)
+    img = rng.normal(size=lead + (num_pix * s, num_pix * s))
+    ref = img.reshape(lead + (num_pix, s, num_pix, s)).mean(axis=(-3, -1))
+    rays = img.reshape(lead + (num_pix, s, num_pix, s))
+    rays = np.moveaxis(rays, (-3, -1), (-4, -3)).reshape(lead + (s * s * num_pix, num_pix))
+    jitted = tf.function(lambda v, m: grid.bin_rays(v, method=m), jit_compile=True)
+    for method in ("matmul", "reduce"):
+        for fn in (grid.bin_rays, jitted):
+            out = fn(tf.constant(rays), method)
+            assert out.shape == lead + (num_pix, num_pix)
+            np.testing.assert_allclose(out.numpy(), ref, rtol=1e-13, atol=1e-14)
+        v = tf.constant(rays)
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            total = tf.reduce_sum(grid.bin_rays(v, method=method))
+        np.testing.assert_allclose(tape.gradient(total, v).numpy(), 1.0 / s**2, rtol=1e-14)
+
+
 @pytest.mark.parametrize("kwargs,name", [
     (dict(num_pix=0, pixel_scale=0.1), "num_pix"),
     (dict(num_pix=-3, pixel_scale=0.1), "num_pix"),
