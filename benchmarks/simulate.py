@@ -11,7 +11,9 @@ Timed:
   * lenstronomy ``ImageModel.image`` (EPL, and EPL_NUMBA when numba is installed), one image
     per call: images per second;
   * tfstronglens ``Simulator`` inside ``tf.function(jit_compile=True)``, batch 1 and 64;
-  * value and gradient of a Gaussian log-likelihood of the batch w.r.t. all 22 parameters.
+  * value and gradient of a Gaussian log-likelihood of the batch w.r.t. all 22 parameters;
+  * the per-call overhead (a compiled function of the same arguments that does next to
+    nothing), so that the batch-1 ratio can also be read net of it.
 
 Usage: ``python benchmarks/simulate.py [--repeats 20] [--dtype float32] [--json out.json]``
 """
@@ -146,6 +148,12 @@ def main(argv=None):
     def render(lens, source, lens_light):
         return sim(lens, source, lens_light)
 
+    @tf.function(jit_compile=True)
+    def dispatch_only(lens, source, lens_light):
+        # the same arguments, next to no arithmetic: the per-call cost of tf.function
+        # dispatch and XLA execution set-up, which dominates at batch 1
+        return tf.add_n([tf.reduce_sum(v) for v in tf.nest.flatten([lens, source, lens_light])])
+
     noise = 0.05
 
     @tf.function(jit_compile=True)
@@ -166,6 +174,10 @@ def main(argv=None):
         results[f"tfstronglens_batch{batch}_images_per_s"] = batch / t_fwd
         results[f"tfstronglens_batch{batch}_value_and_grad_images_per_s"] = batch / t_grad
         results[f"tfstronglens_batch{batch}_grad_over_forward"] = t_grad / t_fwd
+        t_call = time_calls(lambda: dispatch_only(*params).numpy(), args.repeats)
+        results[f"tfstronglens_batch{batch}_call_overhead_ms"] = 1e3 * t_call
+        results[f"tfstronglens_batch{batch}_grad_over_forward_net_of_overhead"] = (
+            (t_grad - t_call) / (t_fwd - t_call) if t_fwd > t_call else float("nan"))
         # the same through the eager, validating user call
         t_eager = time_calls(lambda: sim(*params).numpy(), max(3, args.repeats // 4))
         results[f"tfstronglens_batch{batch}_eager_call_images_per_s"] = batch / t_eager
@@ -182,7 +194,10 @@ def main(argv=None):
             print(f"{key:48s} {val:10.1f} {val / ref:18.1f}")
     for batch in (1, 64):
         print(f"value+gradient / forward time, batch {batch}: "
-              f"{results[f'tfstronglens_batch{batch}_grad_over_forward']:.2f}")
+              f"{results[f'tfstronglens_batch{batch}_grad_over_forward']:.2f} "
+              f"({results[f'tfstronglens_batch{batch}_grad_over_forward_net_of_overhead']:.2f} "
+              f"net of the {results[f'tfstronglens_batch{batch}_call_overhead_ms']:.2f} ms "
+              "per-call overhead)")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as fh:
