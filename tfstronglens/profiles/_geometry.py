@@ -186,8 +186,8 @@ def sum_pixels(grads, shape, expensive=()):
     full vector speed. Measured in TensorFlow 2.21 on the ``benchmarks/simulate.py``
     configuration (value and gradient of all 22 parameters, 2 CPUs): 8.4 / 29.6 / 61.4 ms
     at batch 8 / 32 / 64, against 10.0 / 32.4 / 60.1 ms with one ``reduce_sum`` per
-    parameter: a 5-15% gain at small batches, none at 64 (the 2-5x gain measured when this
-    was written, with earlier code, no longer holds).
+    parameter (one run each): 9-16% less time at batches 8-32, none at 64. The 2-5x gain
+    measured when this was written, with earlier code, no longer holds.
 
     The stacking loop itself is not vectorized, so per-pixel work that is expensive (e.g.
     a series) goes in ``expensive``: each of those is summed over rows first
