@@ -834,14 +834,10 @@ class LensModel:
             scalar_sum = tf.add_n([tf.reduce_sum(g) for g, n in zip(grads, sizes) if n == 1]
                                   + [tf.zeros([], x.dtype)])
         diag = outer.gradient(scalar_sum, parts, unconnected_gradients="zero")
-        dim = sum(sizes)
-        hess = tf.zeros(tf.concat([tf.shape(x)[:1], [dim, dim]], 0), x.dtype)
-        lo = 0
-        for g, n, dg, xp in zip(grads, sizes, diag, parts):
-            block = dg[:, :, None] if n == 1 else outer.batch_jacobian(g, xp)
-            hess = hess + tf.pad(block, [[0, 0], [lo, dim - lo - n], [lo, dim - lo - n]])
-            lo += n
-        return hess
+        blocks = [dg[:, :, None] if n == 1 else outer.batch_jacobian(g, xp)
+                  for g, n, dg, xp in zip(grads, sizes, diag, parts)]
+        return tf.linalg.LinearOperatorBlockDiag(
+            [tf.linalg.LinearOperatorFullMatrix(b) for b in blocks]).to_dense()
 
     def _check_objective(self, objective):
         if objective not in _OBJECTIVES:
