@@ -128,8 +128,8 @@ def test_simulator_ray_layout_is_a_reshape_with_vector_rows():
         grid = tsl.PixelGrid(n, 0.05, supersample=s)
         sim = tsl.Simulator(grid, lens_light=[tsl.Gaussian()])
         x, y = grid.ray_coordinates()
-        assert sim._x.shape.num_elements() == x.shape.num_elements()
-        np.testing.assert_array_equal(np.ravel(sim._x), np.ravel(x))
+        assert sim.rays[0].shape.num_elements() == x.shape.num_elements()
+        np.testing.assert_array_equal(np.ravel(sim.rays[0]), np.ravel(x))
         np.testing.assert_array_equal(np.ravel(sim._y), np.ravel(y))
         img = sim(lens_light=[dict(amp=2.0, sigma=0.3)], convolve_psf=False)
         ref = grid.bin_rays(2.0 / (2 * np.pi * 0.09) * tf.exp(-(x * x + y * y) / 0.18)) \

@@ -105,7 +105,8 @@ def test_matches_lenstronomy_interpol(rng, n):
     lm = LightModel(["INTERPOL"])
     worst = 0.0
     for s in (0.03, 0.1, 0.4):
-        for cx, cy in ((0.0, 0.0), (0.11, -0.37)):
+        for cx, cy, phi in ((0.0, 0.0, 0.0), (0.11, -0.37, 0.0), (0.11, -0.37, 0.7),
+                            (-0.2, 0.05, -2.5)):
             for amp in (1.0, 3.3):
                 img = rng.uniform(0, 5, (n, n))
                 prof = PixelatedSource(n, s, dtype=F64)
@@ -113,9 +114,9 @@ def test_matches_lenstronomy_interpol(rng, n):
                 x = rng.uniform(-reach, reach, 400) + cx
                 y = rng.uniform(-reach, reach, 400) + cy
                 kw = dict(image=img, amp=amp, center_x=cx, center_y=cy)
-                ours = prof.surface_brightness(x, y, **kw).numpy()
+                ours = prof.surface_brightness(x, y, phi_G=phi, **kw).numpy()
                 lm.func_list[0].delete_cache()
-                ref = lm.surface_brightness(x, y, [dict(kw, scale=s, phi_G=0.0)])
+                ref = lm.surface_brightness(x, y, [dict(kw, scale=s, phi_G=phi)])
                 worst = max(worst, np.abs(ours - ref).max() / np.abs(ref).max())
                 # same total flux definition
                 np.testing.assert_allclose(

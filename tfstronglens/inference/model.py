@@ -50,7 +50,8 @@ _OBJECTIVES = ("posterior", "likelihood")
 
 # parameters that stay at the profile's default unless a prior is given for them
 _FIXED_BY_DEFAULT = {("SHEAR", "ra_0"), ("SHEAR", "dec_0"), ("PIXELATED", "amp"),
-                     ("PIXELATED", "center_x"), ("PIXELATED", "center_y")}
+                     ("PIXELATED", "center_x"), ("PIXELATED", "center_y"),
+                     ("PIXELATED", "phi_G")}
 
 
 def log_uniform(low, high, dtype=tf.float32, name="LogUniform"):

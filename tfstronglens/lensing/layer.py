@@ -226,7 +226,7 @@ class LensingLayer(keras.layers.Layer):
         sim = self.simulator
         lens = sim.prepare("lens", lens, check=False)
         source = sim.prepare("source", [{"image": source_image}], check=False)
-        image = sim._render_impl(lens, source, [])
+        image = sim.render(lens, source, [])
         return image[..., None] if channel else image
 
     # ------------------------------------------------------------- serialization

@@ -435,7 +435,8 @@ def _shift_convolve(flat, kernel, h, w):
 
 
 def convolve(image, kernel, method: str = "auto"):
-    r"""Convolve images ``[..., H, W]`` with an odd-sized kernel ``[k, k]``.
+    r"""Convolve images ``[..., H, W]`` with an odd-sized kernel ``[k, k]``, or each image
+    with its own kernel ``[..., k, k]`` (leading dimensions broadcasting with the images').
 
     Output has the input's shape ("same" mode, zero padding outside the image, as
     ``scipy.signal.fftconvolve(..., mode="same")``): ``out[i, j] = sum_{a,b}
@@ -444,7 +445,7 @@ def convolve(image, kernel, method: str = "auto"):
     ``method``: ``"shift"`` (sum of ``k^2`` shifted copies, fused by XLA), ``"direct"``
     (``tf.nn.conv2d``), ``"fft"`` (zero-padded real FFTs, no wrap-around) or ``"auto"``
     (shift for ``k <= SHIFT_MAX_SIZE``, else FFT; see the timings next to
-    ``SHIFT_MAX_SIZE``).
+    ``SHIFT_MAX_SIZE``). Per-image kernels always use the FFTs.
     """
     if method not in ("auto", "direct", "shift", "fft"):
         raise ValueError(f"method must be 'auto', 'direct', 'shift' or 'fft', got {method!r}")
@@ -453,18 +454,25 @@ def convolve(image, kernel, method: str = "auto"):
         kernel = tf.constant(kernel, image.dtype)
     kernel = tf.cast(kernel, image.dtype)
     k = kernel.shape[-1]
-    if k is None or kernel.shape.rank != 2:
-        raise ValueError(f"kernel must be a static 2D tensor, got shape {kernel.shape}")
-    if k == 1:
-        return image * kernel[0, 0]
-    if method == "auto":
-        method = "shift" if k <= SHIFT_MAX_SIZE else "fft"
+    if k is None or kernel.shape.rank is None or kernel.shape.rank < 2 or kernel.shape[-2] != k:
+        raise ValueError(f"kernel must be a static [k, k] or [..., k, k] tensor, got shape "
+                         f"{kernel.shape}")
     shape = tf.shape(image)
     h, w = image.shape[-2], image.shape[-1]
     # inside a tf.function traced with relaxed shapes (reduce_retracing) the static
     # height/width can be unknown: use the dynamic ones then
     h = shape[-2] if h is None else h
     w = shape[-1] if w is None else w
+    if kernel.shape.rank > 2:
+        ph, pw = h + k - 1, w + k - 1
+        fi = tf.signal.rfft2d(image, fft_length=[ph, pw])
+        fk = tf.signal.rfft2d(kernel, fft_length=[ph, pw])
+        c = (k - 1) // 2
+        return tf.signal.irfft2d(fi * fk, fft_length=[ph, pw])[..., c:c + h, c:c + w]
+    if k == 1:
+        return image * kernel[0, 0]
+    if method == "auto":
+        method = "shift" if k <= SHIFT_MAX_SIZE else "fft"
     flat = tf.reshape(image, [-1, h, w])
     if method == "direct":
         filt = tf.reverse(kernel, axis=[0, 1])[:, :, None, None]

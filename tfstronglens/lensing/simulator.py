@@ -106,7 +106,7 @@ class Simulator:
         self._x, self._y = (tf.reshape(c, _ray_layout(c.shape)) for c in grid.ray_coordinates())
         # one trace per batch shape (static shapes are what XLA wants); no AutoGraph, as
         # the rendering code has no Python control flow on tensor values
-        self._render = tf.function(self._render_impl, jit_compile=self.jit_compile,
+        self._render = tf.function(self.render, jit_compile=self.jit_compile,
                                    autograph=False)
 
     # ----------------------------------------------------------- parameters
@@ -153,15 +153,30 @@ class Simulator:
                     shapes.append((f"{kind}[{i}].{name}", shp))
         return broadcast_shapes(shapes, context="Simulator")
 
-    def _expand(self, kind, plist):
-        """Append two unit axes to scalar parameters so they broadcast over the rays."""
+    def expand_params(self, kind: str, prepared) -> list:
+        """Rendering step 0: the :meth:`prepare`-d parameter dicts of ``kind`` with two unit
+        axes appended to every scalar parameter, so that a batch ``[B]`` broadcasts against
+        the ``[r, c]`` rays of :attr:`rays` (map-valued parameters, such as a pixelated
+        source's ``image``, are left as they are)."""
         out = []
-        for prof, p in zip(self.components(kind), plist):
+        for prof, p in zip(self.components(kind), prepared):
             out.append({
                 n: (v if prof.param_event_ndims.get(n, 0) else v[..., None, None])
                 for n, v in p.items()
             })
         return out
+
+    @property
+    def rays(self):
+        """The sub-pixel ray positions ``(x, y)`` (arcsec), each ``[r, c]``: the rays of
+        :meth:`PixelGrid.ray_coordinates` in a layout whose rows are long multiples of 16
+        (see :meth:`pixelize`, which bins values given on them)."""
+        return self._x, self._y
+
+    @property
+    def psf_kernel(self):
+        """The PSF kernel ``[k, k]`` at the grid's pixel scale (a tensor), or ``None``."""
+        return self._kernel
 
     # --------------------------------------------------------------- physics
     def _alpha(self, x, y, lens):
@@ -173,29 +188,55 @@ class Simulator:
             ay = ay + day
         return ax, ay
 
-    def _surface_brightness(self, x, y, lens, source, lens_light):
-        bx, by = x, y
-        if self.lens:
-            ax, ay = self._alpha(x, y, lens)
-            bx, by = x - ax, y - ay
-        sb = tf.zeros_like(bx)
-        for prof, p in zip(self.source, source):
-            sb = sb + prof._surface_brightness(bx, by, **p)
-        for prof, p in zip(self.lens_light, lens_light):
+    def trace(self, lens, x=None, y=None):
+        """Rendering step 1: source-plane positions ``beta = theta - sum_k alpha_k(theta)``
+        of the rays (default :attr:`rays`) for expanded lens parameters
+        (:meth:`expand_params`); ``[*batch, r, c]`` each. Without lens components the rays
+        are returned unchanged."""
+        if x is None:
+            x, y = self.rays
+        if not self.lens:
+            return x, y
+        ax, ay = self._alpha(x, y, lens)
+        return x - ax, y - ay
+
+    def light(self, kind: str, params, x, y):
+        """Rendering step 2: the summed surface brightness (flux / arcsec^2) of the
+        ``"source"`` or ``"lens_light"`` components at positions ``(x, y)`` (source-plane
+        positions for the source, image-plane ones for the lens light), for expanded
+        parameters. Zero without components."""
+        if kind not in ("source", "lens_light"):
+            raise ValueError(f"kind must be 'source' or 'lens_light', got {kind!r}")
+        sb = tf.zeros_like(x)
+        for prof, p in zip(self.components(kind), params):
             sb = sb + prof._surface_brightness(x, y, **p)
         return sb
 
-    def _render_impl(self, lens, source, lens_light, convolve_psf=True):
-        lens = self._expand("lens", lens)
-        source = self._expand("source", source)
-        lens_light = self._expand("lens_light", lens_light)
-        sb = self._surface_brightness(self._x, self._y, lens, source, lens_light)
+    def pixelize(self, sb, convolve_psf: bool = True, psf_kernel=None):
+        """Rendering step 3: surface brightness on :attr:`rays` ``[*batch, r, c]`` ->
+        images ``[*batch, N, N]`` in flux per pixel: sub-pixels averaged
+        (:meth:`PixelGrid.bin_rays`), times the pixel area, convolved with ``psf_kernel``
+        (default: the simulator's PSF; ``[*batch, k, k]`` kernels convolve each image with
+        its own) when ``convolve_psf``. A rank-2 result (no batch) gets a batch axis of 1."""
         img = materialize(self.grid.bin_rays(materialize(sb)) * self.grid.pixel_area)
-        if convolve_psf and self._kernel is not None:
-            img = convolve(img, self._kernel)
+        kernel = self._kernel if psf_kernel is None else psf_kernel
+        if convolve_psf and kernel is not None:
+            img = convolve(img, kernel)
         if img.shape.rank == 2:
             img = img[None]
         return img
+
+    def render(self, lens, source, lens_light, convolve_psf: bool = True):
+        """All rendering steps in one graph (no validation, no compilation: for use inside
+        a caller's ``tf.function`` or Keras layer): :meth:`prepare`-d parameter lists ->
+        images ``[*batch, N, N]``. :meth:`__call__` is this, validated and compiled."""
+        lens = self.expand_params("lens", lens)
+        source = self.expand_params("source", source)
+        lens_light = self.expand_params("lens_light", lens_light)
+        x, y = self.rays
+        bx, by = self.trace(lens, x, y)
+        sb = self.light("source", source, bx, by) + self.light("lens_light", lens_light, x, y)
+        return self.pixelize(sb, convolve_psf=convolve_psf)
 
     # ------------------------------------------------------------ public API
     def __call__(self, lens=None, source=None, lens_light=None, convolve_psf: bool = True):

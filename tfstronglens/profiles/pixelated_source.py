@@ -52,9 +52,12 @@ class PixelatedSource(LightProfile):
     along columns, y along rows). The surface brightness is the separable interpolation
 
         I(x, y) = amp sum_{i,j} I_ij K(u - j) K(v - i),
-        u = (x - center_x) / s + (n - 1) / 2,   v = (y - center_y) / s + (n - 1) / 2,
+        u = x' / s + (n - 1) / 2,   v = y' / s + (n - 1) / 2,
+        x' =  (x - center_x) cos(phi_G) + (y - center_y) sin(phi_G),
+        y' = -(x - center_x) sin(phi_G) + (y - center_y) cos(phi_G),
 
-    with the kernel ``K`` of :func:`interpolation_kernel`: the tent ``max(1 - |t|, 0)``
+    i.e. the image rotated counter-clockwise by ``phi_G`` (radians, default 0) about its
+    centre (lenstronomy's ``INTERPOL`` convention), with the kernel ``K`` of :func:`interpolation_kernel`: the tent ``max(1 - |t|, 0)``
     (``"bilinear"``, the default) or Keys' cubic (``"bicubic"``). The sum runs over the
     image only, i.e. the image is surrounded by zeros: the surface brightness goes
     continuously to zero within one pixel (two for bicubic) beyond the outer pixel
@@ -74,15 +77,15 @@ class PixelatedSource(LightProfile):
     Bicubic interpolation can ring (negative values near sharp edges); bilinear cannot.
 
     With ``interpolation="bilinear"`` this is lenstronomy's ``INTERPOL`` light model with
-    ``scale = pixel_scale`` and ``phi_G = 0`` (a ``RectBivariateSpline`` of degree 1 on
-    the image padded with a ring of zeros), which it matches to rounding.
+    ``scale = pixel_scale`` (a ``RectBivariateSpline`` of degree 1 on the image padded
+    with a ring of zeros), which it matches to rounding, rotations included.
 
     #### Parameters and shapes
 
     * ``image``: ``[..., num_pix, num_pix]`` (``param_event_ndims = {"image": 2}``); the
       leading dimensions are batch dimensions.
     * ``amp`` (default 1, multiplies the image), ``center_x``, ``center_y`` (default 0,
-      arcsec): scalars broadcasting elementwise with ``x, y`` like every other profile.
+      arcsec), ``phi_G`` (default 0, radians): scalars broadcasting elementwise with ``x, y`` like every other profile.
 
     Let ``S`` be the broadcast shape of ``x, y, amp, center_x, center_y``. Its last two
     dimensions (all of them if ``S`` has rank < 2) are the evaluation points, e.g. the
@@ -119,8 +122,8 @@ class PixelatedSource(LightProfile):
     """
 
     name = "PIXELATED"
-    param_names = ("image", "amp", "center_x", "center_y")
-    defaults = {"amp": 1.0, "center_x": 0.0, "center_y": 0.0}
+    param_names = ("image", "amp", "center_x", "center_y", "phi_G")
+    defaults = {"amp": 1.0, "center_x": 0.0, "center_y": 0.0, "phi_G": 0.0}
     param_event_ndims = {"image": 2}
 
     def __init__(self, num_pix: int, pixel_scale: float, interpolation: str = "bilinear",
@@ -163,11 +166,15 @@ class PixelatedSource(LightProfile):
     # ------------------------------------------------------------ implementation
     # No data-dependent Python control flow: AutoGraph conversion (slow) is not needed.
     @tf.autograph.experimental.do_not_convert
-    def _surface_brightness(self, x, y, image, amp, center_x, center_y):
+    def _surface_brightness(self, x, y, image, amp, center_x, center_y, phi_G=None):
         n, h = self.num_pix, _HALF_WIDTH[self.interpolation]
+        dx, dy = x - center_x, y - center_y
+        if phi_G is not None:
+            cos, sin = tf.cos(phi_G), tf.sin(phi_G)
+            dx, dy = dx * cos + dy * sin, dy * cos - dx * sin
         # continuous pixel coordinates: column u, row v (pixel centres at integers)
-        u = (x - center_x) / self.pixel_scale + 0.5 * (n - 1)
-        v = (y - center_y) / self.pixel_scale + 0.5 * (n - 1)
+        u = dx / self.pixel_scale + 0.5 * (n - 1)
+        v = dy / self.pixel_scale + 0.5 * (n - 1)
         # Static output shape, when the ranks are known (they may not be inside a
         # tf.function traced with reduce_retracing); the computation itself only uses
         # dynamic shapes, which XLA resolves at compile time.
