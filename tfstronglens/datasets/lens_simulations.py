@@ -5,7 +5,9 @@ noise-free ``model`` ``[N, N]``, the ``truths`` (a FeaturesDict of float32 scala
 like ``lens_0_theta_E``: the generator's ``lens.0.theta_E`` with ``.`` replaced by ``_``)
 and the ``subhalos`` (``mass``, ``center_x``, ``center_y`` ``[n_max]`` float32 and
 ``mask`` ``[n_max]`` bool). Configs are named ``{instrument}-{subhalo model}-{num_pix}``
-(plus the tiny ``...-tiny`` one for tests). Every split has a fixed generator seed
+(plus the tiny ``...-tiny`` one for tests), and ``hst_acs_f814w-galaxies-64`` /
+``hst_acs_f814w-vae-64`` with galaxy-image sources (their examples add ``source_image``,
+the true source, pixel scale in the metadata's ``source_pixel_scale``). Every split has a fixed generator seed
 (train 1, validation 2, test 3), so a build is reproducible; the split sizes are those of
 the config. See ``datasets/lens_simulations/README.md`` for the recipe.
 """
@@ -67,6 +69,12 @@ _CONFIGS = [_make_config(inst, sub, n)
             for inst in ("hst_acs_f814w", "euclid_vis", "lsst_r")
             for sub in ("none", "cdm", "wdm")
             for n in (64, 128)]
+# Realistic sources: synthetic galaxy stamps (noise-free, offline) and VAE-prior draws,
+# HST-like, no lens light (as for source reconstruction), no subhalos
+_CONFIGS += [_make_config("hst_acs_f814w", "none", 64, name=f"hst_acs_f814w-{src}-64",
+                          simulation={"source": src, "lens_light": False,
+                                      "lens_model": "sie+shear"})
+             for src in ("galaxies", "vae")]
 # A tiny config for tests and smoke checks: 32x32 HST-like images, CDM subhalos
 _CONFIGS.append(_make_config("hst_acs_f814w", "cdm", 32, name="hst_acs_f814w-cdm-32-tiny",
                              num_train=8, num_validation=4, num_test=4, batch_size=4,
@@ -102,8 +110,13 @@ class LensSimulations(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         gen = self._generator(0)
         n, n_max = gen.config.num_pix, gen.config.n_max
+        extra = {}
+        if gen.source_pixel_scale is not None:
+            size = gen.source_sampler.profile.num_pix
+            extra["source_image"] = tfds.features.Tensor(shape=(size, size), dtype=np.float32)
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
+                **extra,
                 "image": tfds.features.Tensor(shape=(n, n, 1), dtype=np.float32),
                 "model": tfds.features.Tensor(shape=(n, n), dtype=np.float32),
                 "truths": tfds.features.FeaturesDict({
@@ -119,7 +132,8 @@ class LensSimulations(tfds.core.GeneratorBasedBuilder):
             supervised_keys=None,
             homepage="https://github.com/tfstronglens/tfstronglens",
             metadata=tfds.core.MetadataDict(simulation=self.builder_config.simulation,
-                                            split_seeds=SPLIT_SEEDS),
+                                            split_seeds=SPLIT_SEEDS,
+                                            source_pixel_scale=gen.source_pixel_scale),
         )
 
     def _split_generators(self, dl_manager):
@@ -140,6 +154,8 @@ class LensSimulations(tfds.core.GeneratorBasedBuilder):
                     "truths": {feature_name(name): np.float32(v[j])
                                for name, v in out["truths"].items()},
                     "subhalos": {name: v[j] for name, v in out["subhalos"].items()},
+                    **({"source_image": out["source_image"][j].astype(np.float32)}
+                       if "source_image" in out else {}),
                 }
 
 

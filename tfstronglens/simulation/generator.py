@@ -61,16 +61,20 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from ..lensing._barrier import materialize
-from ..lensing.psf import convolve
+from ..lensing.grid import PixelGrid
 from ..observation import LensCosmology, Observation, SubhaloPopulation, get_instrument
 from ..observation.subhalos import subhalo_deflection, subhalo_lens_kwargs
 from ..profiles.base import get_profile
+from .sources import NUM_SEEDS as NUM_SOURCE_SEEDS
+from .sources import ellipticity
 
 __all__ = ["LensSimulationConfig", "LensDatasetGenerator", "DEFAULT_PRIORS"]
 
 tfd = tfp.distributions
 
-LENS_MODELS = ("sie+shear", "epl+shear")
+#: ``lens_model`` -> the main deflector's profile (with an external shear).
+LENS_PROFILES = {"sie+shear": "SIE", "epl+shear": "EPL"}
+LENS_MODELS = tuple(LENS_PROFILES)
 SUBHALO_MODELS = ("none", "cdm", "wdm")
 
 #: Default uniform prior ranges ``(low, high)``.
@@ -147,7 +151,12 @@ class LensSimulationConfig:
     ``m_max`` (M_sun), ``m_hm`` (WDM half-mode mass, M_sun), ``kappa_sub``,
     ``subhalo_beta``, ``subhalo_annulus_width`` (arcsec), redshifts ``z_lens`` <
     ``z_source``, ``priors`` (``{name: (low, high)}``, merged over
-    :data:`DEFAULT_PRIORS`) and ``seed``. :meth:`to_dict`/:meth:`from_dict` convert
+    :data:`DEFAULT_PRIORS`), ``seed``, and the source (:mod:`tfstronglens.simulation.sources`):
+    ``source`` (``"sersic"``/``"galaxies"``/``"vae"``), ``galaxy_dataset``
+    (``"synthetic_galaxies[/config]"``/``"cosmos_galaxies[/config]"``), ``galaxy_split``,
+    ``galaxy_count`` (stamps held in memory), ``galaxy_data_dir``, ``galaxy_manual_dir``,
+    ``vae_model`` (pretrained name or ``.keras`` path) and ``source_pixel_scale``
+    (arcsec per source-image pixel; default: the dataset's, 0.03" for the VAE). :meth:`to_dict`/:meth:`from_dict` convert
     to/from plain JSON-able dicts (the CLI's config file is such a dict in JSON).
     Invalid values raise ``ValueError`` naming the field.
     """
@@ -171,6 +180,14 @@ class LensSimulationConfig:
     z_source: float = 2.0
     priors: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
+    source: str = "sersic"
+    galaxy_dataset: str = "synthetic_galaxies/64"
+    galaxy_split: str = "train"
+    galaxy_count: int = 1000
+    galaxy_data_dir: str | None = None
+    galaxy_manual_dir: str | None = None
+    vae_model: str = "synthetic_galaxies_64"
+    source_pixel_scale: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.instrument, str):
@@ -230,6 +247,22 @@ class LensSimulationConfig:
             merged[name] = (lo, hi)
         self.priors = merged
         self.seed = _int("seed", self.seed, 0, 2**31 - 1)
+        from .sources import SOURCE_SAMPLERS
+
+        if self.source not in SOURCE_SAMPLERS:
+            raise _err("source", self.source, f"must be one of {sorted(SOURCE_SAMPLERS)}")
+        for name in ("galaxy_dataset", "galaxy_split", "vae_model"):
+            if not isinstance(getattr(self, name), str):
+                raise _err(name, getattr(self, name), "must be a string")
+        self.galaxy_count = _int("galaxy_count", self.galaxy_count, 1, 10**6)
+        for name in ("galaxy_data_dir", "galaxy_manual_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise _err(name, value, "must be a path or null")
+            setattr(self, name, None if value is None else os.fspath(value))
+        if self.source_pixel_scale is not None:
+            self.source_pixel_scale = _num("source_pixel_scale", self.source_pixel_scale,
+                                           positive=True)
 
     # ----------------------------------------------------------------- I/O
     def to_dict(self) -> dict:
@@ -282,28 +315,32 @@ class LensSimulationConfig:
 _FN_CACHE = {}
 
 
-def _ellipticity(q, phi):
-    e = (1.0 - q) / (1.0 + q)
-    return e * tf.cos(2.0 * phi), e * tf.sin(2.0 * phi)
-
-
 class LensDatasetGenerator:
     """Draw parameters from a :class:`LensSimulationConfig`'s priors and render noisy images.
 
     ``generate(k, batch_size)`` returns a dict of numpy arrays for batch ``k``:
     ``image`` (noisy, ``[B, N, N]``), ``model`` (noise-free), ``noise_sigma`` (per-pixel
     standard deviation of the noise), ``truths`` (``{"lens.0.theta_E": [B], ...,
-    "source_snr": [B], "lens_light_snr": [B]}``) and ``subhalos`` (``mass``,
-    ``center_x``, ``center_y`` ``[B, n_max]`` and ``mask`` ``[B, n_max]`` bool; all
-    masked when ``subhalo_model="none"``). Each batch is one call of an XLA-compiled
-    function (traced once per batch size). :meth:`as_dataset` wraps it in a
-    ``tf.data.Dataset``.
+    "source_snr": [B], "lens_light_snr": [B]}``, the scalar parameters), ``subhalos``
+    (``mass``, ``center_x``, ``center_y`` ``[B, n_max]`` and ``mask`` ``[B, n_max]`` bool;
+    all masked when ``subhalo_model="none"``) and, for image sources (``"galaxies"``,
+    ``"vae"``), ``source_image`` ``[B, S, S]`` (e-/s/arcsec^2, pixels of
+    :attr:`source_pixel_scale`; see :meth:`SourceSampler.truth_image`). Each batch is one
+    call of an XLA-compiled function (traced once per batch size). :meth:`as_dataset`
+    wraps it in a ``tf.data.Dataset``.
+
+    The rendering is the :class:`~tfstronglens.Simulator`'s, step by step
+    (:meth:`~tfstronglens.Simulator.trace`, :meth:`~tfstronglens.Simulator.light`,
+    :meth:`~tfstronglens.Simulator.pixelize`), with the subhalos' deflections added
+    between the first two.
     """
 
     #: profile evaluations (subhalos x sub-pixels) per chunk of the subhalo loop
     _chunk_evaluations = 1 << 20
 
     def __init__(self, config: LensSimulationConfig | None = None):
+        from .sources import make_source_sampler
+
         if config is None:
             config = LensSimulationConfig()
         if not isinstance(config, LensSimulationConfig):
@@ -311,9 +348,10 @@ class LensDatasetGenerator:
         self.config = config
         self.observation = config.observation()
         self.lens_cosmology = LensCosmology(config.z_lens, config.z_source)
-        main = "SIE" if config.lens_model == "sie+shear" else "EPL"
+        self.source_sampler = make_source_sampler(config)
         self.simulator = self.observation.simulator(
-            lens=[main, "SHEAR"], source=["SERSIC_ELLIPSE"],
+            lens=[LENS_PROFILES[config.lens_model], "SHEAR"],
+            source=[self.source_sampler.profile],
             lens_light=["SERSIC_ELLIPSE"] if config.lens_light else [],
             supersample=config.supersample)
         self._tnfw = get_profile("TNFW")
@@ -321,11 +359,18 @@ class LensDatasetGenerator:
 
     @property
     def truth_names(self) -> list:
-        """Keys of the ``truths`` dict: simulator parameter names plus the S/N values."""
-        names = self.simulator.param_names() + ["source_snr"]
+        """Keys of the ``truths`` dict: the simulator's scalar parameter names (a source
+        image is in ``source_image`` instead) plus the S/N values."""
+        names = [n for n in self.simulator.param_names() if n != "source.0.image"]
+        names.append("source_snr")
         if self.config.lens_light:
             names.append("lens_light_snr")
         return names
+
+    @property
+    def source_pixel_scale(self) -> float | None:
+        """Arcsec per pixel of ``source_image`` (``None`` for a Sersic source)."""
+        return self.source_sampler.pixel_scale
 
     # ------------------------------------------------------------ sampling
     def _uniform(self, name, shape, seed):
@@ -343,7 +388,7 @@ class LensDatasetGenerator:
         angle = lambda: tfd.Uniform(0.0, math.pi).sample(B, seed=next(seeds))  # noqa: E731
 
         theta_E = u("theta_E")
-        e1, e2 = _ellipticity(u("lens_q"), angle())
+        e1, e2 = ellipticity(u("lens_q"), angle())
         cx, cy = u("lens_center"), u("lens_center")
         main = {"theta_E": theta_E, "e1": e1, "e2": e2, "center_x": cx, "center_y": cy}
         gamma_pl = u("gamma")
@@ -353,11 +398,9 @@ class LensDatasetGenerator:
         zero = tf.zeros(B, tf.float32)
         shear = {"gamma1": g_ext * tf.cos(2.0 * g_phi), "gamma2": g_ext * tf.sin(2.0 * g_phi),
                  "ra_0": zero, "dec_0": zero}
-        se1, se2 = _ellipticity(u("source_q"), angle())
-        source = {"amp": tf.ones(B), "R_sersic": u("source_R_sersic"),
-                  "n_sersic": u("source_n_sersic"), "e1": se1, "e2": se2,
-                  "center_x": cx + u("source_offset"), "center_y": cy + u("source_offset")}
-        le1, le2 = _ellipticity(u("lens_light_q"), angle())
+        source = self.source_sampler.sample([next(seeds) for _ in range(NUM_SOURCE_SEEDS)],
+                                            batch_size, cx, cy)
+        le1, le2 = ellipticity(u("lens_light_q"), angle())
         light = {"amp": tf.ones(B), "R_sersic": u("lens_light_R_sersic"),
                  "n_sersic": u("lens_light_n_sersic"), "e1": le1, "e2": le2,
                  "center_x": cx, "center_y": cy}
@@ -365,9 +408,8 @@ class LensDatasetGenerator:
         s_sub, s_noise = next(seeds), next(seeds)
 
         sim = self.simulator
-        lens_exp = sim._expand("lens", [main, shear])
-        x, y = sim._x, sim._y
-        ax, ay = sim._alpha(x, y, lens_exp)
+        x, y = sim.rays
+        bx, by = sim.trace(sim.expand_params("lens", [main, shear]), x, y)
         if cfg.subhalo_model != "none":
             pop = SubhaloPopulation(
                 cfg.m_min, cfg.m_max, cfg.n_max,
@@ -381,28 +423,18 @@ class LensDatasetGenerator:
                                      theta_E_host=theta_E[:, None],
                                      host_center_x=cx[:, None], host_center_y=cy[:, None])
             dax, day = self._subhalo_deflection(x, y, kw, subs["mask"])
-            ax, ay = ax + dax, ay + day
+            bx, by = bx - dax, by - day
         else:
             zs = tf.zeros(B + [cfg.n_max], tf.float32)
             subs = {"mass": zs, "center_x": zs, "center_y": zs,
                     "mask": tf.zeros(B + [cfg.n_max], tf.bool)}
 
-        def render(sb):
-            # as Simulator._render_impl: the rays are in the sub-pixel-major layout, binned
-            # by bin_rays (a matrix product on CPU) behind optimization barriers
-            img = materialize(sim.grid.bin_rays(materialize(sb)) * sim.grid.pixel_area)
-            if sim._kernel is not None:
-                img = convolve(img, sim._kernel)
-            return img
-
-        bx, by = x - ax, y - ay
-        src_exp, = sim._expand("source", [source])
-        src_img = render(sim.source[0]._surface_brightness(bx, by, **src_exp))
-        obs = self.observation
+        src_img = sim.pixelize(sim.light("source", sim.expand_params("source", [source]),
+                                         bx, by))
         truths = {}
         if cfg.lens_light:
-            light_exp, = sim._expand("lens_light", [light])
-            light_img = render(sim.lens_light[0]._surface_brightness(x, y, **light_exp))
+            light_img = sim.pixelize(sim.light(
+                "lens_light", sim.expand_params("lens_light", [light]), x, y))
             a_light = self._scale_to_snr(light_img, light_snr)
             light_img = light_img * a_light[:, None, None]
             light["amp"] = a_light
@@ -418,13 +450,40 @@ class LensDatasetGenerator:
                             ("lens_light", [light] if cfg.lens_light else [])):
             for i, (prof, p) in enumerate(zip(sim.components(kind), plist)):
                 for name in prof.param_names:
-                    truths[f"{kind}.{i}.{name}"] = p[name]
+                    if not prof.param_event_ndims.get(name, 0):
+                        truths[f"{kind}.{i}.{name}"] = p[name]
         truths["source_snr"] = source_snr
         if cfg.lens_light:
             truths["lens_light_snr"] = light_snr
         subs = {k: subs[k] for k in ("mass", "center_x", "center_y", "mask")}
-        return {"image": image, "model": model, "noise_sigma": sigma, "truths": truths,
-                "subhalos": subs}
+        out = {"image": image, "model": model, "noise_sigma": sigma, "truths": truths,
+               "subhalos": subs}
+        source_image = self.source_sampler.truth_image(source)
+        if source_image is not None:
+            out["source_image"] = source_image
+        return out
+
+    def source_on_grid(self, out: dict, num_pix: int, pixel_scale: float,
+                       supersample: int = 2):
+        """The true sources of a batch ``out`` (of :meth:`generate` or
+        :meth:`generate_tensors`) on a ``num_pix^2`` grid of ``pixel_scale`` arcsec centred
+        on (0, 0): ``[B, num_pix, num_pix]`` e-/s/arcsec^2, each pixel the mean of
+        ``supersample^2`` point samples of the source profile (what a pixelated
+        reconstruction on that grid aims at)."""
+        prof = self.source_sampler.profile
+        params = {}
+        for name in prof.param_names:
+            if prof.param_event_ndims.get(name, 0):
+                params[name] = tf.convert_to_tensor(out["source_image"], tf.float32)
+            else:
+                params[name] = tf.convert_to_tensor(out["truths"][f"source.0.{name}"],
+                                                    tf.float32)[:, None, None]
+        if "source_image" in out:
+            params["amp"] = tf.ones_like(params["amp"])  # the image includes it
+        grid = PixelGrid(int(num_pix), float(pixel_scale), int(supersample))
+        x, y = grid.coordinates(supersampled=True)
+        sb = prof.surface_brightness(x, y, **params)
+        return grid.bin(sb)
 
     def _add_noise(self, model, seed):
         """``(observation.add_noise(model, seed), sigma)``, the image bit for bit.
@@ -470,7 +529,7 @@ class LensDatasetGenerator:
         obs = self.observation
         dt = model.dtype
         target = tf.convert_to_tensor(target, dt)
-        b, t_exp = obs._background_rms**2, obs.total_exposure_time
+        b, t_exp = obs.background_rms**2, obs.total_exposure_time
 
         def sums(a, c):
             # both pixel sums of one pass from one materialized [2, B, N, N] stack: XLA
@@ -641,7 +700,8 @@ class LensDatasetGenerator:
         ``truths``: dict of ``[B]`` float32 tensors (:attr:`truth_names`) plus
         ``"subhalos.mass"``, ``"subhalos.center_x"``, ``"subhalos.center_y"`` ``[B,
         n_max]`` float32 and ``"subhalos.mask"`` ``[B, n_max]`` bool (and ``"model"``,
-        the noise-free image, with ``include_model``). Batch ``k`` is
+        the noise-free image, with ``include_model``; ``"source_image"`` ``[B, S, S]``
+        for image sources). Batch ``k`` is
         :meth:`generate` ``(k, batch_size)``. ``prefetch`` batches are generated ahead,
         in tf.data's background thread, while the consumer works (0: none).
         """
@@ -662,6 +722,8 @@ class LensDatasetGenerator:
                     truths[f"subhalos.{name}"] = v
                 if include_model:
                     truths["model"] = out["model"]
+                if "source_image" in out:
+                    truths["source_image"] = out["source_image"]
                 yield img, truths
 
         f32 = tf.float32
@@ -672,6 +734,9 @@ class LensDatasetGenerator:
         truth_spec["subhalos.mask"] = tf.TensorSpec([batch_size, n_max], tf.bool)
         if include_model:
             truth_spec["model"] = tf.TensorSpec([batch_size, n, n], f32)
+        if self.source_pixel_scale is not None:
+            size = self.source_sampler.profile.num_pix
+            truth_spec["source_image"] = tf.TensorSpec([batch_size, size, size], f32)
         ds = tf.data.Dataset.from_generator(batches, output_signature=(img_spec, truth_spec))
         return ds.prefetch(prefetch) if prefetch else ds
 

@@ -26,6 +26,8 @@ def _truth_header(gen: LensDatasetGenerator, truths: dict, subhalos: dict, j: in
             prefix = f"{kind}{i}".upper()
             cards[f"{prefix}_MODEL"] = (prof.name, f"{kind}[{i}] profile")
             for p in prof.param_names:
+                if prof.param_event_ndims.get(p, 0):
+                    continue  # a source image: the SOURCE extension
                 cards[f"{prefix}_{p}".upper()] = (float(truths[f"{kind}.{i}.{p}"][j]),
                                                   f"{kind}[{i}] {prof.name} {p}")
     cards["SRC_SNR"] = (float(truths["source_snr"][j]), "matched-filter S/N of the source")
@@ -44,7 +46,8 @@ def write_dataset(generator: LensDatasetGenerator, n: int, out_dir, overwrite: b
     ``BUNIT``, ``EXPTIME`` (total), ``NEXP``, instrument, redshifts, seed and all truths
     as header cards, e.g. ``LENS0_THETA_E``), a ``NOISE`` extension (per-pixel noise
     standard deviation of the noise-free model) and a ``PSF`` extension (the kernel at
-    the pixel scale). ``truths.ecsv`` (an astropy Table, one row per image, in order) has
+    the pixel scale) and, for image sources, a ``SOURCE`` extension (the true source
+    image, e-/s/arcsec^2, ``PIXSCALE`` in its header). ``truths.ecsv`` (an astropy Table, one row per image, in order) has
     an ``index``/``filename`` column, one column per truth (``lens.0.theta_E``...) and the
     subhalo arrays as fixed-length ``[n_max]`` columns ``subhalos.mass``... Image ``i`` is
     row ``i % batch_size`` of the generator's batch ``i // batch_size``; the same
@@ -115,7 +118,13 @@ def write_dataset(generator: LensDatasetGenerator, n: int, out_dir, overwrite: b
                            NOISE=(out["noise_sigma"][j].astype(np.float32),
                                   {"BUNIT": unit, "COMMENT": "noise standard deviation"}),
                            PSF=None if kernel is None else (
-                               kernel, {"PIXSCALE": (obs.pixel_scale, "[arcsec/pixel]")}))
+                               kernel, {"PIXSCALE": (obs.pixel_scale, "[arcsec/pixel]")}),
+                           SOURCE=None if "source_image" not in out else (
+                               out["source_image"][j].astype(np.float32),
+                               {"PIXSCALE": (generator.source_pixel_scale, "[arcsec/pixel]"),
+                                "BUNIT": "electron/s/arcsec2",
+                                "COMMENT": "true source (PIXELATED, center and phi_G in the "
+                                           "primary header)"}))
                 paths.append(path)
                 rows.setdefault("index", []).append(i)
                 rows.setdefault("filename", []).append(image_filename(i))
