@@ -28,6 +28,11 @@ Commands
     (:func:`tfstronglens.inference.fit_lens`) and write ``summary.json``, the samples and
     PNGs into ``--out`` (:mod:`tfstronglens.cli_fit`).
 
+``train-rim``, ``reconstruct``
+    Train the RIM source reconstructor on simulated lenses; reconstruct the source of a
+    lens image for a given lens (RIM, VAE-latent MAP or pixelated inversion)
+    (:mod:`tfstronglens.cli_rim`).
+
 ``demo``
     The embedded end-to-end example (:mod:`tfstronglens.inference.demo`): simulate an
     HST-like lens with a VAE source and one subhalo, fit it and print the recovered
@@ -219,8 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     tv.set_defaults(func=_train_vae)
 
     from .cli_fit import add_parsers
+    from .cli_rim import add_parsers as add_rim_parsers
 
     add_parsers(sub)
+    add_rim_parsers(sub)
     return parser
 
 

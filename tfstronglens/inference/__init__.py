@@ -14,9 +14,13 @@ from .mcmc import MCMCResult, sample_hmc
 from .model import LensModel, build_model, log_uniform
 from .pipeline import FitResult, fit_lens, write_fit_outputs
 from .vi import VIResult, fit_vi, laplace_approximation
+from .reconstruction import SourceReconstruction, pixelated_inversion, reconstruct_source
 
 __all__ = [
     "fit_lens",
+    "reconstruct_source",
+    "pixelated_inversion",
+    "SourceReconstruction",
     "FitResult",
     "write_fit_outputs",
     "LensModel",

@@ -4,5 +4,7 @@ from .grid import PixelGrid
 from .psf import PSF, GaussianPSF, MoffatPSF, PixelPSF, convolve
 from .simulator import Simulator
 from .layer import LensingLayer
+from .source_operator import SourceOperator
 
-__all__ = ["PixelGrid", "PSF", "GaussianPSF", "MoffatPSF", "PixelPSF", "convolve", "Simulator", "LensingLayer"]
+__all__ = ["PixelGrid", "PSF", "GaussianPSF", "MoffatPSF", "PixelPSF", "convolve", "Simulator", "LensingLayer",
+           "SourceOperator"]

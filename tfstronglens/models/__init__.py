@@ -7,12 +7,16 @@
   :class:`~tfstronglens.Simulator`.
 * :func:`train_vae`: train on a galaxy dataset with checkpoints, resume and a report.
 * :func:`load_pretrained_vae`: a VAE shipped with the package.
+* :class:`RIM`: the recurrent inference machine source reconstructor; :func:`load_rim`
+  (the shipped one), :func:`train_rim` on simulated lenses.
 """
 
 from .vae import NORMALIZATIONS, VAE, check_image_size, make_decoder, make_encoder
 from .source import VAESource, load_decoder
 from ._pretrained import PRETRAINED_MODELS, load_pretrained_vae, pretrained_path
-from .training import train_vae
+from .training import train_on_stream, train_vae
+from .rim import RIM, ConvGRU, footprint_mask, load_rim, source_error
+from .rim_training import evaluate_rim, rim_dataset, train_rim
 
 __all__ = [
     "VAE",
@@ -26,4 +30,13 @@ __all__ = [
     "load_pretrained_vae",
     "pretrained_path",
     "PRETRAINED_MODELS",
+    "train_on_stream",
+    "RIM",
+    "ConvGRU",
+    "load_rim",
+    "source_error",
+    "footprint_mask",
+    "train_rim",
+    "rim_dataset",
+    "evaluate_rim",
 ]

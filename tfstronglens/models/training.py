@@ -571,3 +571,122 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
               f"(16-84%: {p16:.3f}-{p84:.3f}); within the noise: "
               f"{100 * report['fraction_within_noise']:.1f}%; wrote {out_dir}")
     return report
+
+
+# ------------------------------------------------------------ streams of simulations
+class _StepCheckpoint(keras.callbacks.Callback):
+    """Every ``every`` steps (one Keras "epoch" of the stream): save the full model, with
+    optimizer state, then point ``state.json`` at it (both atomically), then delete older
+    checkpoints. A crash at any point leaves a state that names a complete checkpoint."""
+
+    def __init__(self, ckpt_dir, state, every):
+        super().__init__()
+        self.ckpt_dir, self.state, self.every = ckpt_dir, state, every
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = (epoch + 1) * self.every
+        name = f"ckpt-{step:08d}.keras"
+        with atomic_output(os.path.join(self.ckpt_dir, name), overwrite=True) as tmp:
+            self.model.save(tmp, overwrite=True)
+        record = {k: float(v) for k, v in (logs or {}).items()
+                  if isinstance(v, (numbers.Real, np.floating, np.ndarray, tf.Tensor))
+                  and np.size(v) == 1}
+        self.state["history"].append({"step": step, **record})
+        self.state["step"] = step
+        self.state["checkpoint"] = name
+        _write_json(os.path.join(self.ckpt_dir, STATE_FILE), self.state)
+        for old in glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.keras")):
+            if os.path.basename(old) != name:
+                os.remove(old)
+
+
+def read_stream_state(out_dir, command: str):
+    """The resume state of a :func:`train_on_stream` run of ``command`` in ``out_dir``, or
+    ``None``."""
+    path = os.path.join(os.fspath(out_dir), CHECKPOINT_DIR, STATE_FILE)
+    try:
+        with open(path) as fh:
+            state = json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(state, dict) or state.get("command") != command:
+        return None
+    ckpt = os.path.join(os.fspath(out_dir), CHECKPOINT_DIR, str(state.get("checkpoint", "")))
+    return state if os.path.isfile(ckpt) else None
+
+
+def train_on_stream(make_model, make_dataset, out_dir, *, steps: int, command: str,
+                    settings: dict, steps_per_checkpoint: int = 100, resume: bool = True,
+                    overwrite: bool = False, progress: bool = True, strategy=None):
+    """Train a Keras model on an infinite stream of simulated batches, with checkpoints that
+    resume exactly.
+
+    The shared loop of the package's simulation-trained models (each model brings its
+    loss in its ``train_step``): ``model.fit`` on ``make_dataset(start)``, a
+    ``tf.data.Dataset`` of training batches from batch index ``start`` on (batch ``k`` is a
+    deterministic function of ``k``, e.g. a stateless seed, so a resumed run sees the same
+    data as an uninterrupted one), in "epochs" of ``steps_per_checkpoint`` steps; after
+    each, the model and optimizer state go to ``out_dir/checkpoint/ckpt-<step>.keras`` and
+    ``state.json`` (``command``, ``settings``, the step, the metric history).
+
+    **Resuming.** Rerunning with the same ``out_dir`` continues from the last checkpoint up
+    to ``steps`` steps in total; ``settings`` must equal the checkpoint's (``ValueError``
+    naming the differences otherwise). A non-empty ``out_dir`` without such a checkpoint
+    is a ``FileExistsError`` unless ``overwrite``; ``overwrite`` starts afresh.
+
+    Args:
+      make_model: ``() -> compiled keras.Model`` (called inside ``strategy.scope()``).
+      make_dataset: ``start -> tf.data.Dataset`` of ``(inputs, targets)`` batches.
+      steps: total optimizer steps (a multiple of ``steps_per_checkpoint`` is done).
+      command: the name recorded in the state (a checkpoint of another command is not
+        resumed).
+      settings: JSON-able settings that define the run.
+      strategy: a ``tf.distribute`` strategy (default: the current one).
+
+    Returns ``(model, state)``; ``state["step"]`` is the number of steps done.
+    """
+    steps = _check_positive_int(steps, "steps")
+    every = _check_positive_int(steps_per_checkpoint, "steps_per_checkpoint")
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir {out_dir!r} exists and is not a directory")
+    ckpt_dir = os.path.join(out_dir, CHECKPOINT_DIR)
+    state = read_stream_state(out_dir, command) if os.path.isdir(out_dir) else None
+    if overwrite:
+        state = None
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    elif os.path.isdir(out_dir) and os.listdir(out_dir):
+        if state is None:
+            raise FileExistsError(f"output directory {out_dir!r} is not empty and holds no "
+                                  f"{command} checkpoint; pass overwrite=True (--overwrite) "
+                                  "to write into it anyway")
+        if not resume:
+            raise FileExistsError(f"output directory {out_dir!r} holds a {command} checkpoint "
+                                  f"(step {state['step']}); resume it or pass overwrite=True")
+    settings = json.loads(json.dumps(settings))
+    if state is not None and state.get("settings") != settings:
+        old = state.get("settings", {})
+        diff = ", ".join(f"{k}: checkpoint {old.get(k)!r}, now {settings.get(k)!r}"
+                         for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k))
+        raise ValueError(f"the checkpoint in {out_dir!r} was trained with other settings "
+                         f"({diff}); use another out_dir or overwrite=True")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        if state is not None:
+            model = keras.models.load_model(os.path.join(ckpt_dir, state["checkpoint"]))
+            if progress:
+                print(f"{command}: resuming {out_dir!r} from step {state['step']}")
+        else:
+            model = make_model()
+            state = {"command": command, "step": 0, "checkpoint": None, "settings": settings,
+                     "history": []}
+    epochs = -(-steps // every)
+    initial = int(state["step"]) // every
+    if initial < epochs:
+        dataset = make_dataset(initial * every)
+        model.fit(dataset, epochs=epochs, initial_epoch=initial, steps_per_epoch=every,
+                  verbose=1 if progress else 0, callbacks=[_StepCheckpoint(ckpt_dir, state, every)])
+    elif progress:
+        print(f"{command}: {out_dir!r} already has {state['step']} >= {steps} steps")
+    return model, state
