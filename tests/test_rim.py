@@ -197,3 +197,45 @@ def test_reconstruct_cli_bad_input_writes_nothing(tmp_path):
     code = main(["reconstruct", str(tmp_path / "nan.fits"), "--lens", "sie+shear", "--psf-fwhm",
                  "0.12", "--lens-params", str(good), "--out", str(tmp_path / "out")])
     assert code == 2 and not (tmp_path / "out").exists()
+
+
+def test_rim_source_fits_the_lens_alone():
+    """A LensModel with the shipped RIM as source has only lens parameters; its likelihood
+    prefers the true lens, and its gradient points back to it."""
+    from tfstronglens.inference import build_model
+    from tfstronglens.models.rim import RIMSource
+    from tfstronglens.models.rim_training import DEFAULT_RIM_SIMULATION
+
+    cfg = LensSimulationConfig.from_dict(dict(
+        DEFAULT_RIM_SIMULATION, seed=7, galaxy_split="validation", galaxy_count=8,
+        priors={"source_snr": [45.0, 50.0], "theta_E": [1.2, 1.3]}))
+    gen = LensDatasetGenerator(cfg)
+    out = gen.generate(0, 1)
+    model = build_model(gen.observation, out["image"][0], lens="sie+shear", source=RIMSource(),
+                        noise_map=out["noise_sigma"][0], jit_compile=False)
+    names = ["lens.0.theta_E", "lens.0.e1", "lens.0.e2", "lens.0.center_x", "lens.0.center_y",
+             "lens.1.gamma1", "lens.1.gamma2"]
+    assert model.param_names == names
+    truth = {n: float(out["truths"][n][0]) for n in names}
+    off = dict(truth, **{"lens.0.theta_E": truth["lens.0.theta_E"] * 1.05})
+    shifted = dict(truth, **{"lens.0.center_x": truth["lens.0.center_x"] + 0.05})
+    ll = {k: float(model.log_likelihood(p)) for k, p in
+          (("truth", truth), ("off", off), ("shifted", shifted))}
+    assert ll["truth"] > ll["off"] + 10 and ll["truth"] > ll["shifted"] + 10, ll
+    _, grad = model.value_and_gradient(model.to_flat(off), objective="likelihood")
+    grad = np.asarray(grad).ravel()
+    assert np.all(np.isfinite(grad)) and grad[0] < 0  # theta_E too large: pulled down
+
+
+def test_fit_cli_refuses_rim_where_it_does_not_apply(tmp_path):
+    from tfstronglens.cli import main
+    from tfstronglens.io import write_fits
+
+    img = np.random.default_rng(5).normal(size=(32, 32)).astype("float32")
+    write_fits(tmp_path / "lens.fits", img, pixel_scale=0.05, header={"BKGRMS": 1.0})
+    base = ["fit", str(tmp_path / "lens.fits"), "--lens", "sie+shear", "--psf-fwhm", "0.1"]
+    for extra in (["--source", "rim", "--method", "hmc"],
+                  ["--source", "sersic", "--source-init", "rim"],
+                  ["--source", "vae", "--source-init", "rim", "--lens-light", "sersic"]):
+        out = tmp_path / "out"
+        assert main(base + extra + ["--out", str(out)]) == 2 and not out.exists(), extra

@@ -16,7 +16,7 @@ _count = _positive_int(10**9)
 _non_negative = _seed
 
 _LENSES = ("sie+shear", "epl+shear")
-_SOURCES = ("vae", "sersic", "pixelated")
+_SOURCES = ("vae", "sersic", "pixelated", "rim")
 _METHODS = ("map", "vi", "hmc")
 
 
@@ -55,7 +55,8 @@ def _add_inference_args(p, defaults):
     g.add_argument("--map-polish-steps", type=_non_negative,
                    default=defaults["map_polish_steps"],
                    help="Levenberg-Marquardt iterations after the Adam steps of the MAP "
-                        "(0: none; skipped above 128 parameters) (default: %(default)s)")
+                        "(0: none; skipped above 128 parameters and with --source rim) "
+                        "(default: %(default)s)")
     g.add_argument("--no-xla", action="store_true",
                    help="run the model as plain TensorFlow graphs instead of XLA-compiled "
                         "functions (no compilation delay; slower per step on large images)")
@@ -101,7 +102,13 @@ def add_parsers(sub):
     fit.add_argument("--z-source", type=_positive_float, default=2.0, metavar="Z")
     fit.add_argument("--source", choices=_SOURCES, required=True,
                      help="vae: the pretrained VAE decoder (latent z ~ N(0, I)); sersic; "
-                          "pixelated: a pixel grid with a smoothness prior")
+                          "pixelated: a pixel grid with a smoothness prior; rim: the source "
+                          "the shipped RIM reconstructs for each trial lens (no source "
+                          "parameters; --method map only, no lens light)")
+    fit.add_argument("--source-init", choices=("prior", "rim"), default="prior",
+                     help="rim: first fit the lens with --source rim, then start the MAP of "
+                          "the vae/pixelated fit there, its source from the RIM's "
+                          "reconstruction (default: prior draws)")
     fit.add_argument("--source-pixel-scale", type=_positive_float, default=None, metavar="S",
                      help="source-plane pixel scale in arcsec for vae/pixelated (default: "
                           "half the image pixel scale)")
@@ -141,12 +148,15 @@ def _check_out(out, overwrite):
 
 
 def _fit_kwargs(args):
+    # (the LM polish differentiates by finite differences, which would re-run the RIM for
+    # every displaced lens parameter: --source rim stops at Adam)
+    polish = 0 if getattr(args, "source", None) == "rim" else args.map_polish_steps
     return dict(method=args.method, seed=args.seed, num_starts=args.num_starts,
                 map_steps=args.map_steps, vi_steps=args.vi_steps, vi_surrogate=args.surrogate,
                 num_chains=args.num_chains, num_results=args.num_results,
                 num_burnin=args.num_burnin, max_tree_depth=args.max_tree_depth,
                 hmc_kernel=args.hmc_kernel, neutra=args.neutra,
-                map_polish_steps=args.map_polish_steps, progress=not args.no_progress)
+                map_polish_steps=polish, progress=not args.no_progress)
 
 
 def _print_summary(result):
@@ -161,6 +171,16 @@ def _fit(args) -> int:
     from .inference import build_model, fit_lens, write_fit_outputs
     from .io import load_lens_image
 
+    if args.source == "rim" and args.method != "map":
+        raise ValueError(f"--source rim gives a point estimate of the source: use --method "
+                         f"map (got --method {args.method}), or --source vae/pixelated with "
+                         "--source-init rim for posteriors")
+    if args.source_init == "rim" and args.source not in ("vae", "pixelated"):
+        raise ValueError(f"--source-init rim seeds a vae or pixelated source, not --source "
+                         f"{args.source}")
+    if "rim" in (args.source, args.source_init) and args.lens_light != "none":
+        raise ValueError("the RIM reconstructs the source from data without lens light: "
+                         "--source rim / --source-init rim need --lens-light none")
     _check_out(args.out, args.overwrite)
     hdu = args.hdu
     if hdu is not None and hdu.lstrip("-").isdigit():
@@ -180,6 +200,10 @@ def _fit(args) -> int:
     elif args.source == "pixelated":
         source = "pixelated"
         kwargs.update(source_pixel_scale=src_scale, source_prior="smooth")
+    elif args.source == "rim":
+        from .models.rim import RIMSource
+
+        source = RIMSource()
     else:
         source = "sersic"
     # One traced/compiled value-and-gradient for MAP, VI (16 ELBO draws a step), Laplace
@@ -189,13 +213,27 @@ def _fit(args) -> int:
                         lens_light=None if args.lens_light == "none" else "sersic",
                         num_subhalos=args.subhalos, z_lens=args.z_lens,
                         z_source=args.z_source, noise_map=obs_img.noise_map,
-                        jit_compile=not args.no_xla, **kwargs)
+                        # the RIM's network runs faster on TF's own kernels than under
+                        # XLA:CPU, and its physics is XLA-compiled inside it anyway
+                        jit_compile=not args.no_xla and args.source != "rim", **kwargs)
     print(f"tfstronglens fit: {len(model.param_names)} parameters, method {args.method}",
           file=sys.stderr)
-    result = fit_lens(model, **_fit_kwargs(args),
+    map_init = None
+    if args.source_init == "rim":
+        from .inference import find_map, source_init_from_rim
+        from .models.rim import RIMSource
+
+        rim_model = model.replace(source=RIMSource())
+        print(f"tfstronglens fit: --source-init rim: MAP of the {len(rim_model.param_names)} "
+              "lens parameters with the RIM's source", file=sys.stderr)
+        rim_map = find_map(rim_model, num_starts=args.num_starts, num_steps=args.map_steps,
+                           seed=args.seed, progress=not args.no_progress)
+        map_init = source_init_from_rim(model, rim_map.summary())
+    result = fit_lens(model, **_fit_kwargs(args), map_init=map_init,
                       checkpoint=os.path.join(args.out, "hmc_checkpoint.npz"))
     settings = {"image": os.path.abspath(args.image), "lens": args.lens,
                 "lens_light": args.lens_light, "source": args.source,
+                "source_init": args.source_init,
                 "subhalos": args.subhalos, "z_lens": args.z_lens, "z_source": args.z_source,
                 "pixel_scale": obs.pixel_scale, "notes": obs_img.notes}
     paths = write_fit_outputs(result, args.out, overwrite=True, extra_settings=settings)

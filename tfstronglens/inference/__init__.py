@@ -14,13 +14,19 @@ from .mcmc import MCMCResult, sample_hmc
 from .model import LensModel, build_model, log_uniform
 from .pipeline import FitResult, fit_lens, write_fit_outputs
 from .vi import VIResult, fit_vi, laplace_approximation
-from .reconstruction import SourceReconstruction, pixelated_inversion, reconstruct_source
+from .reconstruction import (
+    SourceReconstruction,
+    pixelated_inversion,
+    reconstruct_source,
+    source_init_from_rim,
+)
 
 __all__ = [
     "fit_lens",
     "reconstruct_source",
     "pixelated_inversion",
     "SourceReconstruction",
+    "source_init_from_rim",
     "FitResult",
     "write_fit_outputs",
     "LensModel",

@@ -327,7 +327,7 @@ class LensModel:
             self.source_model = skey
         else:
             src = _as_profile(source, LightProfile, "source", dt)
-            self.source_model = "profile"
+            self.source_model = "rim" if getattr(src, "derived_from_data", False) else "profile"
             if src.param_event_ndims.get("z", 0) == 1:
                 k = getattr(src, "latent_dim", None) or latent_dim
                 self.latent_dim = positive_int(k, "latent_dim") if k is not None else None
@@ -349,7 +349,16 @@ class LensModel:
             light_profiles = [get_profile("SERSIC_ELLIPSE", dtype=dt)]
         else:
             light_profiles = [_as_profile(lens_light, LightProfile, "lens_light", dt)]
-        self.simulator = Simulator(observation.grid(positive_int(supersample, "supersample")),
+        grid = observation.grid(positive_int(supersample, "supersample"))
+        if self.source_model == "rim":
+            if light_profiles:
+                raise ValueError("source=RIMSource() reconstructs the source from the data, "
+                                 "which must hold no lens light: fit without lens_light")
+            kernel = (np.ones((1, 1)) if observation.psf is None
+                      else observation.psf.kernel(observation.pixel_scale))
+            self._rim_psf = tf.constant(kernel / kernel.sum(), dt)
+            src = src.bind(grid, [p.name for p in lens_profiles], kernel.shape[-1])
+        self.simulator = Simulator(grid,
                                    lens=lens_profiles, source=[src], lens_light=light_profiles,
                                    psf=observation.psf, jit_compile=bool(jit_compile))
         self._components = {"lens": lens_profiles[:2], "lens_light": light_profiles,
@@ -476,6 +485,8 @@ class LensModel:
             if name in self.fixed:
                 continue
             kind, i, pname = target
+            if kind == "source" and self.source_model == "rim":
+                continue  # reconstructed from the data at every evaluation
             if name in priors:
                 dist = priors[name]
                 if not isinstance(dist, tfd.Distribution):
@@ -548,13 +559,17 @@ class LensModel:
     # ----------------------------------------------------------------- helpers
     def replace(self, **changes) -> "LensModel":
         """A new LensModel with some constructor arguments changed (e.g.
-        ``num_subhalos=0`` for the nested model without subhalos; priors and fixed
-        values of names the new model does not have are dropped)."""
+        ``num_subhalos=0`` for the nested model without subhalos, or another ``source``;
+        priors and fixed values of names the new model does not have are dropped)."""
         cfg = dict(self._config)
         cfg.update(changes)
         n_sub = cfg.get("num_subhalos", 0) or 0
 
         def keep(name):
+            if name.startswith("source.") and "source" in changes:
+                return False
+            if name.startswith("lens_light.") and "lens_light" in changes:
+                return False
             if name.startswith("subhalo."):
                 try:
                     return int(name.split(".")[1]) < n_sub
@@ -563,7 +578,8 @@ class LensModel:
             return True
 
         for key in ("priors", "fixed"):
-            if cfg.get(key) and "num_subhalos" in changes and key not in changes:
+            if cfg.get(key) and key not in changes and (
+                    {"num_subhalos", "source", "lens_light"} & set(changes)):
                 cfg[key] = {k: v for k, v in cfg[key].items() if keep(k)}
         obs = cfg.pop("observation")
         return LensModel(obs, **cfg)
@@ -627,8 +643,10 @@ class LensModel:
         return out, batch
 
     # ============================================================ forward model
-    def _component_kwargs(self, params: dict):
-        """Simulator kwargs from a dict of free parameters with batch shape [B]."""
+    def _component_kwargs(self, params: dict, data=None):
+        """Simulator kwargs from a dict of free parameters with batch shape [B] (``data``:
+        the image a :class:`~tfstronglens.models.RIMSource` reconstructs its source from;
+        default the model's)."""
         values = {}
         for p in self._params:
             values[p.target] = params[p.name]
@@ -666,11 +684,29 @@ class LensModel:
             kw = subhalo_lens_kwargs(sample, self.lens_cosmology, self.subhalo_profile, **extra)
             lens += unstack_lens_kwargs(kw)
         source = [comp("source", 0)]
+        if self.source_model == "rim":
+            source = [{"image": self._rim_source(lens, self._get_data(data))}]
         light = [comp("lens_light", i) for i in range(len(self._components["lens_light"]))]
         return lens, source, light
 
-    def _render_flat(self, params: dict):
-        lens, source, light = self._component_kwargs(params)
+    def _rim_source(self, lens, data):
+        """The RIM's source images ``[B, n, n]`` for lens kwargs with batch ``[B]``."""
+        src = self._components["source"][0]
+        columns = []
+        for prof, kw in zip(self.simulator.lens, lens):
+            for pname in prof.param_names:
+                columns.append(tf.convert_to_tensor(kw.get(pname, prof.defaults.get(pname, 0.0)),
+                                                    self.dtype))
+        batch = tf.shape(columns[0])
+        for c in columns[1:]:
+            batch = tf.broadcast_dynamic_shape(batch, tf.shape(c))
+        columns = tf.stack([tf.reshape(tf.broadcast_to(c, batch), [-1]) for c in columns], -1)
+        noise = (self.noise_map if self.noise_map is not None else
+                 tf.sqrt(self.observation._variance(tf.nn.relu(data))))
+        return src.reconstruct(data, noise, self._rim_psf, columns)
+
+    def _render_flat(self, params: dict, data=None):
+        lens, source, light = self._component_kwargs(params, data)
         return self.simulator(lens=lens, source=source, lens_light=light)
 
     def render(self, params: dict):
@@ -704,7 +740,7 @@ class LensModel:
         return tf.reduce_sum(lp, axis=[-2, -1])
 
     def _log_like_flat(self, params, data):
-        return self._pixel_log_like(self._render_flat(params), data)
+        return self._pixel_log_like(self._render_flat(params, data), data)
 
     def log_prior(self, params: dict):
         """``log p(params)`` under the joint prior, shape ``[*batch]``."""
@@ -795,7 +831,7 @@ class LensModel:
                     return self._unconstrained_impl(x, data, objective)
             elif kind == "render":  # model images (data and objective unused)
                 def fn(x, data):
-                    return self._render_flat(self._split_flat(x)[0])
+                    return self._render_flat(self._split_flat(x)[0], data)
             elif kind == "prior_hessian":  # Hessian of -(log prior + log|J|) (data unused)
                 fn = self._prior_hessian_flat
             else:

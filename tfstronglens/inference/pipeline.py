@@ -131,7 +131,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              detection_starts: int | None = None, detection_steps: int | None = None,
              detection_learning_rate: float | None = None,
              checkpoint: str | None = None, progress: bool = True,
-             hmc_jit_compile: bool | None = None, map_result=None) -> FitResult:
+             hmc_jit_compile: bool | None = None, map_result=None, map_init=None,
+             map_init_jitter: float = 0.1) -> FitResult:
     r"""Fit ``model`` to ``data``: MAP, then Laplace (``"map"``), VI (``"vi"``) or VI + NUTS
     (``"hmc"``), then optionally the subhalo detection test (see module docs).
 
@@ -190,6 +191,10 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         MAP stage: the ``num_starts``, ``map_steps``, ``map_learning_rate`` and
         ``map_polish_steps`` arguments are then unused (``settings["map_reused"]`` is
         True and ``timings["map"]`` 0).
+      map_init, map_init_jitter: starting values of the MAP (:func:`find_map`'s ``init``,
+        e.g. a dict of constrained values from :func:`source_init_from_rim`) and the
+        ``Normal(0, map_init_jitter)`` spread of the starts around them in unconstrained
+        coordinates; default: prior draws.
 
     Returns:
       a :class:`FitResult`.
@@ -231,7 +236,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     if map_result is None:
         map_res = find_map(model, d, num_starts=num_starts, num_steps=map_steps,
                            learning_rate=map_learning_rate, seed=seeds[0], lm_steps=lm_steps,
-                           progress=progress)
+                           init=map_init, init_jitter=map_init_jitter if map_init is not None
+                           else 0.0, progress=progress)
     else:
         map_res = map_result
     timings["map"] = time.perf_counter() - t

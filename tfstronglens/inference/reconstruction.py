@@ -31,7 +31,7 @@ from ..lensing.grid import PixelGrid
 from ..lensing.source_operator import SourceOperator
 
 __all__ = ["SourceReconstruction", "reconstruct_source", "pixelated_inversion",
-           "RECONSTRUCTION_METHODS"]
+           "RECONSTRUCTION_METHODS", "source_init_from_rim"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,3 +285,67 @@ def reconstruct_source(image, noise, psf, lens, *, pixel_scale: float, method: s
                                 source_pixel_scale=float(scale), model=model_img,
                                 chi2_per_pixel=_chi2(image, noise, model_img), time_s=seconds,
                                 details=details)
+
+
+def _resample(source, pixel_scale, num_pix, new_scale, supersample=2):
+    """A source image ``[n, n]`` (e-/s/arcsec^2, bilinear on its grid centred on (0, 0))
+    averaged over the pixels of another centred grid ``[num_pix, num_pix]``."""
+    from ..profiles.pixelated_source import PixelatedSource
+
+    src = PixelatedSource(source.shape[-1], pixel_scale)
+    grid = PixelGrid(int(num_pix), float(new_scale), supersample)
+    x, y = grid.coordinates(supersampled=True)
+    return grid.bin(src.surface_brightness(x, y, image=np.asarray(source, np.float32))).numpy()
+
+
+def source_init_from_rim(model, lens_params: dict, vae=None) -> dict:
+    """Starting values for ``model``'s lens and source parameters from a RIM fit.
+
+    ``lens_params``: the lens parameters of a MAP with ``source=RIMSource()`` (a dict
+    ``name -> value`` with the names of ``model``, e.g. ``MAPResult.summary()``); the
+    RIM's source for that lens (reconstructed from ``model``'s data and noise) becomes
+
+    * for a pixelated source: ``source.0.image`` (resampled to its grid);
+    * for a VAE source (``source.z.k``): the VAE encoder's posterior mean of the source
+      resampled to the decoder's grid and divided by its peak, and ``source.0.amp`` the
+      peak (``vae``: the :class:`~tfstronglens.models.VAE` whose decoder the model uses;
+      default the pretrained one), centre (0, 0).
+
+    Returns a dict for :func:`~tfstronglens.inference.fit_lens`'s ``map_init``.
+    """
+    from ..models.rim import RIMSource
+    from .model import LensModel
+
+    if not isinstance(model, LensModel):
+        raise ValueError(f"model must be a LensModel, got {model!r}")
+    names = [n for n in model.param_names if n.startswith("lens.")]
+    init = {n: float(lens_params[n]) for n in names if n in lens_params}
+    missing = [n for n in names if n not in init]
+    if missing:
+        raise ValueError(f"lens_params lacks {missing}")
+    rim_model = model.replace(source=RIMSource(), lens_light=None)
+    lens_only = {n: v for n, v in init.items() if n in rim_model.param_names}
+    _, source, _ = rim_model._component_kwargs(rim_model._batch(lens_only)[0])
+    rim_src = rim_model._components["source"][0]
+    image = np.asarray(source[0]["image"])[0]
+    prof = model._components["source"][0]
+    if model.latent_dim:
+        from ..models import load_pretrained_vae
+
+        vae = load_pretrained_vae() if vae is None else vae
+        n = prof.num_pix
+        stamp = _resample(image, rim_src.pixel_scale, n, prof.pixel_scale)
+        peak = float(max(stamp.max(), 1e-30))
+        z = np.asarray(vae.posterior(stamp[None] / peak).mean())[0]
+        init.update({f"source.z.{k}": float(v) for k, v in enumerate(z)})
+        if "source.0.amp" in model.param_names:
+            init["source.0.amp"] = peak
+        for c in ("source.0.center_x", "source.0.center_y"):
+            if c in model.param_names:
+                init[c] = 0.0
+    elif "source.0.image" in model.param_names:
+        init["source.0.image"] = _resample(image, rim_src.pixel_scale, prof.num_pix,
+                                           prof.pixel_scale)
+    else:
+        raise ValueError("source_init_from_rim needs a pixelated or VAE-latent source model")
+    return init

@@ -68,9 +68,11 @@ import tensorflow as tf
 
 from ..lensing.grid import PixelGrid
 from ..lensing.source_operator import SourceOperator
+from ..profiles.pixelated_source import PixelatedSource
 from .vae import _scale_loss_for_distribution
 
-__all__ = ["RIM", "ConvGRU", "source_error", "footprint_mask", "load_rim", "PRETRAINED_RIM"]
+__all__ = ["RIM", "RIMSource", "ConvGRU", "source_error", "footprint_mask", "load_rim",
+           "PRETRAINED_RIM"]
 
 
 def _int(value, name, minimum=1):
@@ -474,3 +476,49 @@ def load_rim(spec=None) -> RIM:
     if not isinstance(model, RIM):
         raise ValueError(f"model {path!r} holds a {type(model).__name__}, not a RIM")
     return model
+
+
+class RIMSource(PixelatedSource):
+    r"""A source reconstructed from the data by a :class:`RIM` for the current lens.
+
+    Given to :class:`~tfstronglens.inference.LensModel` as ``source=RIMSource()``, it has
+    no free parameters: at every evaluation the source image is the RIM's reconstruction
+    from the data for the lens parameters being evaluated (every lens component, subhalos
+    included), so optimising the likelihood over the lens alone fits lens and source
+    (``tfstronglens fit --source rim``). The RIM reads the likelihood gradient as data
+    (the module docs), so the derivative of the fit objective with respect to the lens is
+    taken at the reconstructed source, i.e. ``d log L / d lens = partial_lens log L(lens,
+    s)`` at ``s = RIM(data, lens)``: exact where the reconstruction maximises the
+    likelihood over the source (the envelope theorem), an approximation otherwise. It is
+    a point estimate of the source: use it for MAP fits of the lens, and a VAE or
+    pixelated source (seeded by it, ``--source-init rim``) for posteriors.
+
+    Args:
+      rim: a :func:`load_rim` spec (default: the shipped RIM).
+    """
+
+    name = None  # built with a RIM, not from the profile registry
+    derived_from_data = True
+
+    def __init__(self, rim=None, dtype=tf.float32):
+        self.rim = load_rim(rim)
+        super().__init__(self.rim.source_num_pix, self.rim.source_pixel_scale, dtype=dtype)
+
+    def bind(self, grid: PixelGrid, lens_models, psf_size: int) -> "RIMSource":
+        """This source with its RIM set up for an image grid, lens profiles and PSF size."""
+        out = RIMSource.__new__(RIMSource)
+        PixelatedSource.__init__(out, self.num_pix, self.pixel_scale, dtype=self.dtype)
+        out.rim = self.rim.with_observation(
+            num_pix=grid.num_pix, pixel_scale=grid.pixel_scale, supersample=grid.supersample,
+            lens_models=[str(m) for m in lens_models], psf_size=int(psf_size))
+        return out
+
+    def reconstruct(self, data, noise, psf, lens_columns):
+        """The RIM's source ``[B, n, n]`` for ``data`` and ``noise`` ``[N, N]``, ``psf``
+        ``[k, k]`` and lens parameters ``[B, P]`` (columns ``rim.lens_param_names``)."""
+        batch = tf.shape(lens_columns)[0]
+        tile = lambda a: tf.broadcast_to(tf.cast(a, tf.float32)[None],  # noqa: E731
+                                         tf.concat([[batch], tf.shape(a)], 0))
+        inputs = {"image": tile(data), "noise": tile(noise), "psf": tile(psf),
+                  "lens": tf.cast(lens_columns, tf.float32)}
+        return tf.cast(self.rim(inputs, training=False)[:, -1], self.dtype)

@@ -685,7 +685,7 @@ def train_on_stream(make_model, make_dataset, out_dir, *, steps: int, command: s
     initial = int(state["step"]) // every
     if initial < epochs:
         dataset = make_dataset(initial * every)
-        model.fit(dataset, epochs=epochs, initial_epoch=initial, steps_per_epoch=every,
+        model.fit(dataset, epochs=epochs, initial_epoch=initial, steps_per_epoch=every, shuffle=False,
                   verbose=1 if progress else 0, callbacks=[_StepCheckpoint(ckpt_dir, state, every)])
     elif progress:
         print(f"{command}: {out_dir!r} already has {state['step']} >= {steps} steps")
