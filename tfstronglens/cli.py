@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--instrument", default=None, metavar="NAME",
                     help="instrument preset (overrides the config's; default euclid_vis when "
                          "no --config is given)")
+    ds.add_argument("--source", choices=("sersic", "galaxies", "vae"), default=None,
+                    help="source galaxies (overrides the config's; default sersic): "
+                         "galaxies = stamps of the config's galaxy_dataset "
+                         "(synthetic_galaxies/64 offline), randomly placed, rotated and "
+                         "mirrored; vae = draws from the pretrained VAE. Their true source "
+                         "images are written to each file's SOURCE extension")
     ds.add_argument("--n", type=_positive_int(10_000_000), required=True, metavar="N",
                     help="number of images")
     ds.add_argument("--out", required=True, metavar="DIR",
@@ -345,6 +351,8 @@ def _simulate_dataset(args) -> int:
         data["instrument"] = args.instrument
     if args.seed is not None:
         data["seed"] = args.seed
+    if args.source is not None:
+        data["source"] = args.source
     try:
         config = LensSimulationConfig.from_dict(data)
     except (TypeError, ValueError) as exc:

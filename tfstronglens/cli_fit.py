@@ -8,6 +8,7 @@ import sys
 import time
 
 from .cli import _check_output_dir, _positive_float, _positive_int, _seed
+from .cli_args import add_image_args, load_image_args
 
 __all__ = ["add_parsers"]
 
@@ -76,22 +77,7 @@ def add_parsers(sub):
                     "column) = (y, x), pixel centres symmetric about 0; the image is in "
                     "e-/s per pixel.",
     )
-    fit.add_argument("image", metavar="IMAGE.fits", help="the lens image (square)")
-    fit.add_argument("--hdu", default=None, help="HDU of the image (index or EXTNAME)")
-    fit.add_argument("--psf", metavar="PSF.fits", default=None,
-                     help="PSF kernel (default: the image file's PSF extension, if any)")
-    fit.add_argument("--psf-fwhm", type=_positive_float, default=None, metavar="ARCSEC",
-                     help="Gaussian PSF FWHM when there is no kernel")
-    noise = fit.add_mutually_exclusive_group()
-    noise.add_argument("--noise-rms", type=_positive_float, default=None, metavar="S",
-                       help="background noise per pixel, e-/s (default: header BKGRMS)")
-    noise.add_argument("--noise-map", default=None, metavar="FILE",
-                       help="FITS map of the per-pixel noise sigma (e-/s)")
-    fit.add_argument("--exposure", type=_positive_float, default=None, metavar="T",
-                     help="exposure time in s for the source's Poisson noise (default: "
-                          "header EXPTIME; without it only the background noise)")
-    fit.add_argument("--pixel-scale", type=_positive_float, default=None, metavar="S",
-                     help="arcsec per pixel (default: header PIXSCALE or the WCS)")
+    add_image_args(fit)
     fit.add_argument("--lens", choices=_LENSES, required=True, help="main deflector")
     fit.add_argument("--lens-light", choices=("sersic", "none"), default="none",
                      help="lens light model (default: %(default)s)")
@@ -169,7 +155,6 @@ def _print_summary(result):
 
 def _fit(args) -> int:
     from .inference import build_model, fit_lens, write_fit_outputs
-    from .io import load_lens_image
 
     if args.source == "rim" and args.method != "map":
         raise ValueError(f"--source rim gives a point estimate of the source: use --method "
@@ -182,12 +167,7 @@ def _fit(args) -> int:
         raise ValueError("the RIM reconstructs the source from data without lens light: "
                          "--source rim / --source-init rim need --lens-light none")
     _check_out(args.out, args.overwrite)
-    hdu = args.hdu
-    if hdu is not None and hdu.lstrip("-").isdigit():
-        hdu = int(hdu)
-    obs_img = load_lens_image(args.image, hdu=hdu, psf=args.psf, psf_fwhm=args.psf_fwhm,
-                              noise_rms=args.noise_rms, noise_map=args.noise_map,
-                              exposure_time=args.exposure, pixel_scale=args.pixel_scale)
+    obs_img = load_image_args(args)
     for note in obs_img.notes:
         print(f"tfstronglens fit: {note}", file=sys.stderr)
     obs = obs_img.observation

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_float, _positive_int, _seed
+from .cli_args import add_image_args, load_image_args
 
 __all__ = ["add_parsers"]
 
@@ -71,22 +72,7 @@ def add_parsers(sub):
                     "brightness, e-/s/arcsec^2, PIXSCALE in the header), DIR/model.fits, "
                     "DIR/summary.json (method, chi2_per_pixel, source_pixel_scale, time_s) "
                     "and DIR/reconstruction.png.")
-    rc.add_argument("image", metavar="IMAGE.fits", help="the lens image (square, e-/s per pixel)")
-    rc.add_argument("--hdu", default=None, help="HDU of the image (index or EXTNAME)")
-    rc.add_argument("--psf", metavar="PSF.fits", default=None,
-                    help="PSF kernel (default: the image file's PSF extension)")
-    rc.add_argument("--psf-fwhm", type=_positive_float, default=None, metavar="ARCSEC",
-                    help="Gaussian PSF FWHM when there is no kernel")
-    noise = rc.add_mutually_exclusive_group()
-    noise.add_argument("--noise-rms", type=_positive_float, default=None, metavar="S",
-                       help="background noise per pixel, e-/s (default: header BKGRMS or "
-                            "the image's NOISE extension)")
-    noise.add_argument("--noise-map", default=None, metavar="FILE",
-                       help="FITS map of the per-pixel noise sigma (e-/s)")
-    rc.add_argument("--exposure", type=_positive_float, default=None, metavar="T",
-                    help="exposure time in s (adds the source's Poisson noise to --noise-rms)")
-    rc.add_argument("--pixel-scale", type=_positive_float, default=None, metavar="S",
-                    help="arcsec per pixel (default: header PIXSCALE or the WCS)")
+    add_image_args(rc, "the lens image (square, e-/s per pixel)")
     rc.add_argument("--lens", choices=sorted(LENS_SHORTHANDS), required=True,
                     help="lens model of LENS.json")
     rc.add_argument("--lens-params", required=True, metavar="LENS.json",
@@ -170,7 +156,7 @@ def read_lens_params(path, lens: str) -> list:
 
 def _reconstruct(args) -> int:
     from .inference import reconstruct_source
-    from .io import load_lens_image, write_fits
+    from .io import write_fits
     from .io._atomic import atomic_output
 
     lens = read_lens_params(args.lens_params, args.lens)
@@ -184,12 +170,7 @@ def _reconstruct(args) -> int:
             model = load_rim(args.model)
         except FileNotFoundError as exc:
             raise _UserError(f"--model: {exc}") from None
-    hdu = args.hdu
-    if hdu is not None and hdu.lstrip("-").isdigit():
-        hdu = int(hdu)
-    obs_img = load_lens_image(args.image, hdu=hdu, psf=args.psf, psf_fwhm=args.psf_fwhm,
-                              noise_rms=args.noise_rms, noise_map=args.noise_map,
-                              exposure_time=args.exposure, pixel_scale=args.pixel_scale)
+    obs_img = load_image_args(args)
     obs = obs_img.observation
     if obs.psf is None:
         raise _UserError("no PSF: give --psf or --psf-fwhm (or a PSF extension in the image)")

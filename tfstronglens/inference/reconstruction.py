@@ -166,7 +166,7 @@ def pixelated_inversion(operator: SourceOperator, image, noise, psf, lens,
 
 def _rim(image, noise, psf, lens_list, pixel_scale, lens_models, supersample, model,
          source_num_pix, source_pixel_scale):
-    from ..models.rim import RIM, load_rim
+    from ..models.rim import load_rim
 
     rim = load_rim(model)
     rim = rim.with_observation(num_pix=image.shape[0], pixel_scale=pixel_scale,

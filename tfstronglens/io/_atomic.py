@@ -13,7 +13,7 @@ import contextlib
 import os
 import secrets
 
-__all__ = ["atomic_output", "check_output_path"]
+__all__ = ["atomic_output", "atomic_directory", "check_output_path"]
 
 
 def check_output_path(path, overwrite: bool = False) -> str:
@@ -71,3 +71,39 @@ def atomic_output(path, overwrite: bool = False):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path, overwrite: bool = False):
+    """Context manager yielding a temporary directory path (not yet created) to write a
+    directory into (e.g. a SavedModel); on success it replaces ``path`` by it, else it is
+    removed and ``path`` is left untouched.
+
+    Raises ``FileNotFoundError`` if the parent directory does not exist and
+    ``FileExistsError`` if ``path`` exists and ``overwrite`` is false. An existing
+    ``path`` is moved aside, the new one renamed into place, then the old one deleted.
+    """
+    import shutil
+    import tempfile
+
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise ValueError(f"path must be a string or path-like, got {path!r}") from None
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"cannot write {path!r}: directory {parent!r} does not exist")
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it")
+    holder = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    out = os.path.join(holder, os.path.basename(path) or "out")
+    try:
+        yield out
+        if os.path.lexists(path):
+            old = os.path.join(holder, ".old")
+            os.replace(path, old)
+            os.replace(out, path)
+        else:
+            os.replace(out, path)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)

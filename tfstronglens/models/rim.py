@@ -59,8 +59,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -211,7 +209,7 @@ class RIM(keras.Model):
         self._build_network()
 
     def _build_network(self):
-        n, (f0, f1, f2) = self.source_num_pix, self.filters
+        n, (_, f1, f2) = self.source_num_pix, self.filters
         x = tf.zeros([1, n, n, 3])
         e0 = self.encode0(x)
         h1 = tf.zeros([1, n // 2, n // 2, f1])
@@ -303,7 +301,7 @@ class RIM(keras.Model):
 
     def _iterate(self, image, noise, psf, lens, training):
         """The normalised estimates ``x_1 .. x_T`` (a list of ``[B, n, n]``)."""
-        n, (f0, f1, f2) = self.source_num_pix, self.filters
+        n, (_, f1, f2) = self.source_num_pix, self.filters
         scale, sigma_med = self._scales(image, noise)
         area = self.pixel_scale**2
         d = image / scale[:, None, None]
@@ -400,17 +398,12 @@ class RIM(keras.Model):
         returns ``[B, T, n, n]`` estimates (``psf`` of side ``psf_size``). Written beside the
         target and renamed into place; an existing ``filepath`` is a ``FileExistsError``
         unless ``overwrite=True``."""
+        from ..io._atomic import atomic_directory
+
         if format != "tf_saved_model":
             raise ValueError(f"format must be 'tf_saved_model', got {format!r}")
         filepath = os.fspath(filepath)
-        parent = os.path.dirname(os.path.abspath(filepath))
-        if not os.path.isdir(parent):
-            raise FileNotFoundError(f"cannot export to {filepath!r}: directory {parent!r} "
-                                    "does not exist")
-        if os.path.lexists(filepath) and not overwrite:
-            raise FileExistsError(f"{filepath!r} already exists; pass overwrite=True to replace it")
-        tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-        try:
+        with atomic_directory(filepath, overwrite=overwrite) as tmp:
             archive = keras.export.ExportArchive()
             archive.track(self)
             sig = self.input_signature()
@@ -421,17 +414,7 @@ class RIM(keras.Model):
 
             archive.add_endpoint("serve", serve, input_signature=[sig["image"], sig["noise"],
                                                                   sig["psf"], sig["lens"]])
-            out = os.path.join(tmp, "model")
-            archive.write_out(out, verbose=False)
-            if os.path.lexists(filepath):
-                old = filepath + f".old-{os.getpid()}"
-                os.replace(filepath, old)
-                os.replace(out, filepath)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(out, filepath)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            archive.write_out(tmp, verbose=False)
         return filepath
 
 

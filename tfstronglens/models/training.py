@@ -48,18 +48,7 @@ def is_checkpoint_dir(out_dir) -> bool:
 
 
 def _read_state(out_dir):
-    path = os.path.join(out_dir, CHECKPOINT_DIR, STATE_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as fh:
-            state = json.load(fh)
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(state, dict) or state.get("command") != _COMMAND:
-        return None
-    ckpt = os.path.join(out_dir, CHECKPOINT_DIR, str(state.get("checkpoint", "")))
-    return state if os.path.isfile(ckpt) else None
+    return read_stream_state(out_dir, _COMMAND)
 
 
 def _read_report(out_dir):

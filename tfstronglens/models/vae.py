@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -513,15 +511,11 @@ class VAE(keras.Model):
         """
         if format != "tf_saved_model":
             raise ValueError(f"format must be 'tf_saved_model', got {format!r}")
+        from ..io._atomic import atomic_directory
+
         filepath = os.fspath(filepath)
-        parent = os.path.dirname(os.path.abspath(filepath))
-        if not os.path.isdir(parent):
-            raise FileNotFoundError(f"cannot export to {filepath!r}: directory {parent!r} "
-                                    "does not exist")
-        if os.path.lexists(filepath) and not overwrite:
-            raise FileExistsError(f"{filepath!r} already exists; pass overwrite=True to replace it")
-        tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-        try:
+        with atomic_directory(filepath, overwrite=overwrite) as tmp:
+            os.makedirs(tmp)
             dt = self._dtype
             enc = keras.export.ExportArchive()
             enc.track(self.encoder)
@@ -540,14 +534,4 @@ class VAE(keras.Model):
             dec.add_endpoint("serve", lambda z: self.decoder(z, training=False),
                              input_signature=[tf.TensorSpec([None, k], dt)])
             dec.write_out(os.path.join(tmp, "decoder"), verbose=False)
-            if os.path.lexists(filepath):
-                old = filepath + f".old-{os.getpid()}"
-                os.replace(filepath, old)
-                os.replace(tmp, filepath)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, filepath)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return filepath

@@ -325,7 +325,9 @@ class LensDatasetGenerator:
     (``mass``, ``center_x``, ``center_y`` ``[B, n_max]`` and ``mask`` ``[B, n_max]`` bool;
     all masked when ``subhalo_model="none"``) and, for image sources (``"galaxies"``,
     ``"vae"``), ``source_image`` ``[B, S, S]`` (e-/s/arcsec^2, pixels of
-    :attr:`source_pixel_scale`; see :meth:`SourceSampler.truth_image`). Each batch is one
+    :attr:`source_pixel_scale`; see :meth:`SourceSampler.truth_image`).
+    ``source_sampler`` replaces the config's (e.g. a
+    :class:`~tfstronglens.simulation.sources.GalaxyStampSampler` of one's own stamps). Each batch is one
     call of an XLA-compiled function (traced once per batch size). :meth:`as_dataset`
     wraps it in a ``tf.data.Dataset``.
 
@@ -338,8 +340,8 @@ class LensDatasetGenerator:
     #: profile evaluations (subhalos x sub-pixels) per chunk of the subhalo loop
     _chunk_evaluations = 1 << 20
 
-    def __init__(self, config: LensSimulationConfig | None = None):
-        from .sources import make_source_sampler
+    def __init__(self, config: LensSimulationConfig | None = None, source_sampler=None):
+        from .sources import SourceSampler, make_source_sampler
 
         if config is None:
             config = LensSimulationConfig()
@@ -348,7 +350,14 @@ class LensDatasetGenerator:
         self.config = config
         self.observation = config.observation()
         self.lens_cosmology = LensCosmology(config.z_lens, config.z_source)
-        self.source_sampler = make_source_sampler(config)
+        # a sampler of one's own: compiled batch functions are not shared with other
+        # generators of the same config (they read the sampler's state)
+        self._custom_sampler = source_sampler is not None
+        if source_sampler is None:
+            source_sampler = make_source_sampler(config)
+        elif not isinstance(source_sampler, SourceSampler):
+            raise ValueError(f"source_sampler must be a SourceSampler, got {source_sampler!r}")
+        self.source_sampler = source_sampler
         self.simulator = self.observation.simulator(
             lens=[LENS_PROFILES[config.lens_model], "SHEAR"],
             source=[self.source_sampler.profile],
@@ -642,7 +651,8 @@ class LensDatasetGenerator:
     def _fn(self, batch_size: int):
         # shared by generators whose configs differ only in the seed (the seed is an input)
         key = (json.dumps({k: v for k, v in self.config.to_dict().items() if k != "seed"},
-                          sort_keys=True), batch_size)
+                          sort_keys=True), batch_size,
+               id(self.source_sampler) if self._custom_sampler else None)
         if key not in _FN_CACHE:
             if len(_FN_CACHE) >= 16:
                 _FN_CACHE.pop(next(iter(_FN_CACHE)))
