@@ -148,6 +148,11 @@ def test_train_on_stream_learns_and_resumes(tmp_path):
         os.listdir(out))
     with pytest.raises(ValueError, match="other settings"):
         train_rim(out, steps=6, **dict(kw, batch_size=8))
+    # the same loop under a tf.distribute strategy (one CPU replica here): same steps, the
+    # loss scaled per replica, a checkpoint that resumes
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    report = train_rim(tmp_path / "mirrored", steps=2, strategy=strategy, **kw)
+    assert report["steps"] == 2 and np.isfinite(report["history"][-1]["loss"])
 
 
 def test_pixelated_inversion_recovers_a_smooth_source(operator, psf):

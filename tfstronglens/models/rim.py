@@ -272,9 +272,9 @@ class RIM(keras.Model):
             raise ValueError(f"psf must have shape [B, k, k] with odd k, got {psf.shape.as_list()}")
         return image, noise, psf, lens
 
-    # The physics runs XLA-compiled inside the (uncompiled) recurrent graph: XLA:CPU's
-    # convolutions were 2.5x slower than TensorFlow's oneDNN kernels for this network
-    # (benchmarks/rim.py), while XLA fuses the ray tracing and rendering well. Under a
+    # The physics runs XLA-compiled inside the (uncompiled) recurrent graph: on CPUs
+    # TensorFlow's oneDNN convolutions run this network faster than XLA:CPU does, while
+    # XLA fuses the ray tracing and rendering well (benchmarks/rim.py times both). Under a
     # caller's jit_compile=True (GPU/TPU) these nested functions are compiled with the rest.
     @tf.function(jit_compile=True, autograph=False)
     def _compiled_trace(self, lens):
