@@ -27,11 +27,25 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--num-lenses", type=int, default=500)
     p.add_argument("--num-baseline", type=int, default=20)
+    p.add_argument("--galaxies", choices=("synthetic", "aegis"), default="synthetic",
+                   help="sources: validation-split synthetic galaxies, or the five real AEGIS "
+                        "F814W galaxies of ../shared/data/galsim_real")
     args = p.parse_args()
     rim = load_rim()
     config = LensSimulationConfig.from_dict(dict(DEFAULT_RIM_SIMULATION, seed=101,
                                                  galaxy_split="validation"))
     gen = LensDatasetGenerator(config)
+    if args.galaxies == "aegis":
+        from rim_studies import aegis_stamps
+
+        from tfstronglens.simulation.sources import GalaxyStampSampler
+
+        stamps, _ = aegis_stamps()
+        if stamps is None:
+            raise SystemExit("the AEGIS stamps (../shared/data/galsim_real) are not here")
+        gen = LensDatasetGenerator(config, source_sampler=GalaxyStampSampler(
+            config, stamps=stamps, pixel_scale=0.03))
+        print("sources: the five AEGIS F814W galaxies (native S/N)")
     ev = evaluate_rim(rim, gen, args.num_lenses, batch_size=64)
     print(f"RIM on {args.num_lenses} lenses: source error median "
           f"{np.median(ev['source_error']):.3f}, chi2/pixel median "
@@ -76,6 +90,11 @@ def main():
           "median time per lens (s)")
     for m, (err, chi2, sec) in rows.items():
         print(f"{m:10s} | {np.median(err):.3f} | {np.median(chi2):.3f} | {np.median(sec):.3f}")
+    rim_err = np.asarray(rows["rim"][0])
+    for m in ("pixelated", "vae"):
+        other = np.asarray(rows[m][0])
+        print(f"paired, RIM vs {m}: RIM lower on {np.sum(rim_err < other)} of {len(other)} "
+              f"lenses; median error ratio RIM/{m} {np.median(rim_err / other):.2f}")
 
 
 if __name__ == "__main__":

@@ -133,10 +133,10 @@ def offset(rim, n):
               f"{np.median(chi2):.3f}")
 
 
-def aegis(rim, n):
+def aegis_stamps():
+    """The five AEGIS F814W galaxies at native S/N, 64x64 at 0.03" (or None if absent)."""
     if not os.path.isfile(os.path.join(GALSIM_REAL, "AEGIS_F814w_catalog.fits")):
-        print(f"aegis: skipped ({GALSIM_REAL} not found)")
-        return
+        return None, None
     import tensorflow_datasets as tfds
 
     from tfstronglens.datasets.cosmos_galaxies import CosmosGalaxies, CosmosGalaxiesConfig
@@ -150,6 +150,14 @@ def aegis(rim, n):
             manual_dir=GALSIM_REAL))
         exs = list(tfds.as_numpy(b.as_dataset(split="train")))
     stamps = np.stack([np.asarray(e["image"], np.float32).reshape(64, 64) for e in exs])
+    return stamps, exs
+
+
+def aegis(rim, n):
+    stamps, exs = aegis_stamps()
+    if stamps is None:
+        print(f"aegis: skipped ({GALSIM_REAL} not found)")
+        return
     snrs = [float(e["snr"]) for e in exs]
     print(f"aegis: {len(stamps)} galaxies (ids {[int(e['id']) for e in exs]}), stamp S/N "
           f"{np.round(snrs, 0).tolist()}")
