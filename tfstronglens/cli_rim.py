@@ -10,11 +10,12 @@ import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_float, _positive_int, _seed
 from .cli_args import add_image_args, load_image_args
+from .simulation.generator import LENS_PROFILES
 
 __all__ = ["add_parsers"]
 
-#: ``--lens`` shorthand -> mass profile names.
-LENS_SHORTHANDS = {"sie+shear": ("SIE", "SHEAR"), "epl+shear": ("EPL", "SHEAR")}
+#: ``--lens`` shorthand -> mass profile names (the simulator's table, plus the shear).
+LENS_SHORTHANDS = {name: (main, "SHEAR") for name, main in LENS_PROFILES.items()}
 _METHODS = ("rim", "vae", "pixelated")
 
 
