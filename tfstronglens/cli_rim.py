@@ -48,6 +48,14 @@ def add_parsers(sub):
                     help="lenses per step (default: %(default)s)")
     tr.add_argument("--learning-rate", type=_positive_float, default=1e-3,
                     help="Adam learning rate (default: %(default)s)")
+    tr.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                    help="learning-rate schedule over --steps (default: %(default)s)")
+    tr.add_argument("--init-from", default=None, metavar="DIR",
+                    help="fine-tune: start from this RIM's weights (a train-rim folder or "
+                         ".keras file of the same architecture)")
+    tr.add_argument("--first-batch", type=int, default=0, metavar="K",
+                    help="start the training stream at batch K (a fine-tuning run of a model "
+                         "trained for N steps with the same --seed passes N: new lenses only)")
     tr.add_argument("--rim-steps", type=_positive_int(100), default=10,
                     help="recurrent steps T (default: %(default)s)")
     tr.add_argument("--steps-per-checkpoint", type=_positive_int(10**9), default=100,
@@ -113,7 +121,9 @@ def _train_rim(args) -> int:
                        learning_rate=args.learning_rate, rim_steps=args.rim_steps,
                        steps_per_checkpoint=args.steps_per_checkpoint,
                        num_heldout=args.num_heldout, seed=args.seed, strategy=strategy,
-                       overwrite=args.overwrite, progress=not args.no_progress)
+                       overwrite=args.overwrite, progress=not args.no_progress,
+                       learning_rate_schedule=args.lr_schedule, init_from=args.init_from,
+                       first_batch=args.first_batch)
     print(f"held-out ({report['num_heldout']} lenses): source error median "
           f"{report['source_error']['median']:.3f}, chi2/pixel median "
           f"{report['chi2_per_pixel']['median']:.3f}, {1e3 * report['seconds_per_lens']:.1f} "
@@ -179,13 +189,7 @@ def _reconstruct(args) -> int:
     if not np.all(np.isfinite(data)):
         raise _UserError(f"image {args.image!r} has {int(np.sum(~np.isfinite(data)))} NaN or "
                          "infinite pixel(s)")
-    if obs_img.noise_map is not None:
-        noise = np.asarray(obs_img.noise_map, np.float64)
-    else:
-        import tensorflow as tf
-
-        noise = np.sqrt(obs.noise_variance(tf.constant(np.maximum(data, 0.0), tf.float32))
-                        .numpy())
+    noise = obs_img.noise_sigma()
     _check_output_dir(args.out, args.overwrite, "into it")
     rec = reconstruct_source(data, noise, obs.psf.kernel(obs.pixel_scale), lens,
                              pixel_scale=obs.pixel_scale, method=args.method,

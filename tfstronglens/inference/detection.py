@@ -178,7 +178,7 @@ def detect_subhalo(model: LensModel, data=None, num_starts: int = 64, num_steps:
     if not isinstance(model, LensModel):
         raise ValueError(f"model must be a LensModel, got {model!r}")
     S = positive_int(num_starts, "num_starts")
-    d = model._get_data(data)
+    d = model.resolve_data(data)
     seed = as_seed(seed)
     s0, s1, s_init = (tf.constant([int(seed[0]), int(seed[1]) + i], tf.int32) for i in range(3))
     m1 = model if model.num_subhalos == 1 else model.replace(num_subhalos=1)

@@ -222,7 +222,7 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
         n_lm_starts = min(S, max(1, _LM_RENDERS_PER_ITERATION // (2 * model.num_params)))
     else:
         n_lm_starts = min(S, positive_int(lm_starts, "lm_starts"))
-    d = model._get_data(data)
+    d = model.resolve_data(data)
     dt = model.dtype
     start = time.perf_counter()
     x = initial_points(model, S, seed, init, init_jitter)
@@ -361,7 +361,7 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
     n_it = positive_int(num_iterations, "num_iterations")
     batch = positive_int(max_batch, "max_batch")
     tol = positive_float(tolerance, "tolerance")
-    d = model._get_data(data)
+    d = model.resolve_data(data)
     dt = model.dtype
     np_dt = dt.as_numpy_dtype
     X = np.array(x0.numpy() if hasattr(x0, "numpy") else x0, dtype=np.float64, ndmin=2)

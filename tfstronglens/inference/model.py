@@ -599,7 +599,10 @@ class LensModel:
             raise ValueError("data must be a finite real image")
         return tf.constant(arr.astype(self.dtype.as_numpy_dtype))
 
-    def _get_data(self, data):
+    def resolve_data(self, data=None):
+        """``data`` checked (shape ``[..., N, N]``, finite) as a tensor of the model's
+        dtype, or the model's own data when ``data`` is ``None`` (``ValueError`` if it has
+        none)."""
         if data is None:
             if self.data is None:
                 raise ValueError("no data: pass data= or build the model with data=")
@@ -685,7 +688,7 @@ class LensModel:
             lens += unstack_lens_kwargs(kw)
         source = [comp("source", 0)]
         if self.source_model == "rim":
-            source = [{"image": self._rim_source(lens, self._get_data(data))}]
+            source = [{"image": self._rim_source(lens, self.resolve_data(data))}]
         light = [comp("lens_light", i) for i in range(len(self._components["lens_light"]))]
         return lens, source, light
 
@@ -701,9 +704,7 @@ class LensModel:
         for c in columns[1:]:
             batch = tf.broadcast_dynamic_shape(batch, tf.shape(c))
         columns = tf.stack([tf.reshape(tf.broadcast_to(c, batch), [-1]) for c in columns], -1)
-        noise = (self.noise_map if self.noise_map is not None else
-                 tf.sqrt(self.observation._variance(tf.nn.relu(data))))
-        return src.reconstruct(data, noise, self._rim_psf, columns)
+        return src.reconstruct(data, self.data_noise_sigma(data), self._rim_psf, columns)
 
     def _render_flat(self, params: dict, data=None):
         lens, source, light = self._component_kwargs(params, data)
@@ -724,6 +725,16 @@ class LensModel:
         if self.noise_map is None:
             return self.observation.add_noise(model, seed=seed)
         return tfd.Normal(model, self.noise_map).sample(seed=seed)
+
+    def data_noise_sigma(self, data=None):
+        """Per-pixel noise sigma ``[N, N]`` of the data when no model is at hand: the noise
+        map if the model has one, else the observation's noise for a model equal to the
+        data clipped at 0 (background, plus the Poisson term of the exposure); ``data``
+        defaults to the model's."""
+        data = self.resolve_data() if data is None else tf.convert_to_tensor(data, self.dtype)
+        if self.noise_map is not None:
+            return tf.broadcast_to(self.noise_map, tf.shape(data))
+        return tf.sqrt(self.observation.noise_variance(tf.nn.relu(data)))
 
     # ================================================================ densities
     def _pixel_sigma(self, model):
@@ -749,13 +760,13 @@ class LensModel:
 
     def log_likelihood(self, params: dict, data=None):
         """``log p(data | params)``, shape ``[*batch]`` (see class docs)."""
-        d = self._get_data(data)
+        d = self.resolve_data(data)
         flat, batch = self._batch(params)
         return tf.reshape(self._log_like_flat(flat, d), batch)
 
     def log_posterior(self, params: dict, data=None):
         """Unnormalized ``log p(params | data) = log_prior + log_likelihood``."""
-        d = self._get_data(data)
+        d = self.resolve_data(data)
         flat, batch = self._batch(params)
         return tf.reshape(self._log_prior_flat(flat) + self._log_like_flat(flat, d), batch)
 
@@ -888,7 +899,7 @@ class LensModel:
         """
         self._check_objective(objective)
         x = self._as_x(x)
-        d = self._get_data(data)
+        d = self.resolve_data(data)
         batch = tf.shape(x)[:-1]
         x2 = tf.reshape(x, [-1, self.num_params])
         if jit_compile:
@@ -927,7 +938,7 @@ class LensModel:
         """``(unconstrained_log_posterior(x), its gradient in x)``, XLA-compiled."""
         self._check_objective(objective)
         x = self._as_x(x)
-        d = self._get_data(data)
+        d = self.resolve_data(data)
         shape = tf.shape(x)
         val, grad = self._value_and_grad_2d(tf.reshape(x, [-1, self.num_params]), d,
                                             objective)
@@ -938,7 +949,7 @@ class LensModel:
         data), for samplers such as ``tfp.mcmc``; it may be called inside a
         ``tf.function`` (it is then compiled as part of the caller)."""
         self._check_objective(objective)
-        d = self._get_data(data)
+        d = self.resolve_data(data)
 
         def target(x):
             x = tf.convert_to_tensor(x, self.dtype)

@@ -223,7 +223,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             map_result.param_names) == list(model.param_names)):
         raise ValueError(f"map_result must be a MAPResult of this model (parameters "
                          f"{list(model.param_names)}), got {map_result!r}")
-    d = model._get_data(data)
+    d = model.resolve_data(data)
     base = as_seed(seed)
     seeds = [tf.constant([int(base[0]) + 1000 * (i + 1), int(base[1])], tf.int32)
              for i in range(5)]

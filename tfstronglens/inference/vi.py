@@ -123,7 +123,7 @@ def laplace_approximation(model: LensModel, x_map, data=None, objective: str = "
     if not isinstance(model, LensModel):
         raise ValueError(f"model must be a LensModel, got {model!r}")
     model._check_objective(objective)
-    d = model._get_data(data)
+    d = model.resolve_data(data)
     x0 = _to_x(model, x_map)
     D = model.num_params
     positive_int(newton_steps, "newton_steps", minimum=0)
@@ -311,7 +311,7 @@ def fit_vi(model: LensModel, data=None, surrogate: str = "mean_field", init=None
     decay = positive_float(lr_decay, "lr_decay")
     if decay > 1:
         raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
-    d = model._get_data(data)
+    d = model.resolve_data(data)
     dt = model.dtype
     D = model.num_params
     seed = as_seed(seed)

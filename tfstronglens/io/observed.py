@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -43,15 +44,31 @@ def pixel_scale_from_header(header):
     return value if math.isfinite(value) and value > 0 else None
 
 
+@dataclasses.dataclass(frozen=True)
 class ObservedImage:
     """An image with what a fit needs: ``data`` (``[N, N]`` float, e-/s per pixel),
     ``observation`` (:class:`~tfstronglens.observation.Observation`: pixel scale, PSF,
-    background noise and exposure), ``noise_map`` (``[N, N]`` per-pixel sigma or ``None``)
-    and the primary ``header``; ``notes`` lists the choices made (where each value came
-    from)."""
+    background noise and exposure), ``noise_map`` (``[N, N]`` per-pixel sigma or ``None``),
+    the primary ``header``, ``notes`` (the choices made: where each value came from) and
+    the file's ``path``."""
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    data: np.ndarray
+    observation: object
+    noise_map: np.ndarray | None
+    header: object
+    notes: list
+    path: str
+
+    def noise_sigma(self) -> np.ndarray:
+        """The per-pixel noise sigma ``[N, N]`` (e-/s): the noise map if one was given, else
+        the observation's noise for a model equal to the data (clipped at 0): background
+        plus, with an exposure time, the Poisson term."""
+        if self.noise_map is not None:
+            return np.asarray(self.noise_map, np.float64)
+        import tensorflow as tf
+
+        model = tf.constant(np.maximum(np.asarray(self.data, np.float64), 0.0), tf.float32)
+        return np.sqrt(self.observation.noise_variance(model).numpy()).astype(np.float64)
 
 
 def _positive(value, name):

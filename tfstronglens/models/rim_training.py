@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 import time
 
@@ -19,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..io._atomic import atomic_output
-from .rim import RIM, source_error
-from .training import train_on_stream
+from .rim import RIM, load_rim, source_error
+from .training import LEARNING_RATE_SCHEDULES, train_on_stream
 
 __all__ = ["rim_dataset", "rim_batch", "train_rim", "evaluate_rim", "DEFAULT_RIM_SIMULATION"]
 
@@ -151,7 +152,8 @@ def train_rim(out_dir, *, simulation: dict | None = None, steps: int = 2000,
               filters=(16, 16, 32), source_num_pix: int = 64, source_pixel_scale: float = 0.03,
               steps_per_checkpoint: int = 100, num_heldout: int = 256, seed: int = 0,
               jit_compile: bool = False, strategy=None, resume: bool = True,
-              overwrite: bool = False, progress: bool = True) -> dict:
+              overwrite: bool = False, progress: bool = True, learning_rate_schedule: str = "constant",
+              init_from=None, first_batch: int = 0) -> dict:
     """Train a :class:`RIM` on an infinite stream of simulated lenses and report on held-out
     ones.
 
@@ -165,6 +167,14 @@ def train_rim(out_dir, *, simulation: dict | None = None, steps: int = 2000,
     Outputs in ``out_dir``: ``rim.keras``, ``saved_model/`` (:meth:`RIM.export`),
     ``report.json`` (held-out ``source_error`` and ``chi2_per_pixel`` percentiles, time per
     lens, the settings, the loss history) and ``reconstructions.png``.
+
+    **Fine-tuning.** ``init_from`` (anything :func:`~tfstronglens.models.load_rim` takes)
+    starts from that RIM's weights (its architecture must match; the optimizer starts
+    afresh) instead of a random initialisation; ``first_batch`` starts the training stream
+    at that batch index, so a continuation of a run of ``N`` steps with the same ``seed``
+    passes ``first_batch=N`` and sees only lenses it has not been trained on.
+    ``learning_rate_schedule`` is ``"constant"`` or ``"cosine"`` (from ``learning_rate``
+    down to 1% of it over ``steps``; the first call's ``steps``: a resumed run with more steps continues at the final rate).
 
     ``jit_compile`` compiles the whole train step with XLA (for GPUs/TPUs; on CPUs the
     network's convolutions are faster without it, and the physics is compiled anyway).
@@ -184,22 +194,43 @@ def train_rim(out_dir, *, simulation: dict | None = None, steps: int = 2000,
                 supersample=config.supersample, lens_models=lens_models,
                 source_num_pix=source_num_pix, source_pixel_scale=source_pixel_scale,
                 steps=rim_steps, filters=list(filters), psf_size=psf_size)
+    if learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+        raise ValueError(f"learning_rate_schedule must be one of {sorted(LEARNING_RATE_SCHEDULES)}, "
+                         f"got {learning_rate_schedule!r}")
+    if not (isinstance(first_batch, numbers.Integral) and first_batch >= 0):
+        raise ValueError(f"first_batch must be a non-negative integer, got {first_batch!r}")
+    init = None
+    if init_from is not None:
+        init = load_rim(init_from)
+        theirs = {k: init.get_config().get(k) for k in arch}
+        mine = json.loads(json.dumps(arch))
+        if json.loads(json.dumps(theirs)) != mine:
+            diff = ", ".join(f"{k}: init_from {theirs[k]!r}, now {mine[k]!r}"
+                             for k in arch if json.loads(json.dumps(theirs[k])) != mine[k])
+            raise ValueError(f"init_from {init_from!r} is a RIM of another architecture ({diff})")
     settings = {"simulation": config.to_dict(), "rim": arch, "batch_size": batch_size,
                 "learning_rate": learning_rate, "jit_compile": bool(jit_compile)}
+    if learning_rate_schedule != "constant" or init is not None or first_batch:
+        settings.update(learning_rate_schedule=learning_rate_schedule, first_batch=int(first_batch),
+                        init_from=None if init_from is None else str(init_from))
     generator = LensDatasetGenerator(config)
 
     def make_model():
         if seed is not None:
             keras.utils.set_random_seed(int(seed))
         rim = RIM(**arch)
-        rim.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=1.0),
+        if init is not None:
+            rim.set_weights(init.get_weights())
+        lr = LEARNING_RATE_SCHEDULES[learning_rate_schedule](learning_rate, int(steps))
+        rim.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
                     jit_compile=bool(jit_compile))
         return rim
 
     probe = RIM(**arch)
     t0 = time.perf_counter()
     rim, state = train_on_stream(
-        make_model, lambda start: rim_dataset(generator, probe, batch_size, start), out_dir,
+        make_model, lambda start: rim_dataset(generator, probe, batch_size, first_batch + start),
+        out_dir,
         steps=steps, command=_COMMAND, settings=settings,
         steps_per_checkpoint=steps_per_checkpoint, resume=resume, overwrite=overwrite,
         progress=progress, strategy=strategy)

@@ -18,7 +18,8 @@ from ..io._atomic import atomic_output
 from .vae import VAE
 
 __all__ = ["train_vae", "load_galaxy_dataset", "within_noise_threshold", "STATE_FILE",
-           "CHECKPOINT_DIR", "is_checkpoint_dir"]
+           "CHECKPOINT_DIR", "is_checkpoint_dir", "train_on_stream", "read_stream_state",
+           "LEARNING_RATE_SCHEDULES"]
 
 #: Subdirectory of ``out_dir`` that holds the epoch checkpoints and the resume state.
 CHECKPOINT_DIR = "checkpoint"
@@ -587,6 +588,13 @@ class _StepCheckpoint(keras.callbacks.Callback):
         for old in glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.keras")):
             if os.path.basename(old) != name:
                 os.remove(old)
+
+
+#: Learning-rate schedules of the stream trainers, by name: ``(lr, steps) -> schedule``.
+LEARNING_RATE_SCHEDULES = {
+    "constant": lambda lr, steps: lr,
+    "cosine": lambda lr, steps: keras.optimizers.schedules.CosineDecay(lr, steps, alpha=0.01),
+}
 
 
 def read_stream_state(out_dir, command: str):
