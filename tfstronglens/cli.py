@@ -33,6 +33,10 @@ Commands
     lens image for a given lens (RIM, VAE-latent MAP or pixelated inversion)
     (:mod:`tfstronglens.cli_rim`).
 
+``train-cnn``, ``predict``
+    Train the amortized lens-parameter CNN on simulated lenses; lens-parameter posteriors
+    of images in milliseconds (:mod:`tfstronglens.cli_cnn`).
+
 ``demo``
     The embedded end-to-end example (:mod:`tfstronglens.inference.demo`): simulate an
     HST-like lens with a VAE source and one subhalo, fit it and print the recovered
@@ -229,11 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--no-progress", action="store_true", help="no progress bar")
     tv.set_defaults(func=_train_vae)
 
+    from .cli_cnn import add_parsers as add_cnn_parsers
     from .cli_fit import add_parsers
     from .cli_rim import add_parsers as add_rim_parsers
 
     add_parsers(sub)
     add_rim_parsers(sub)
+    add_cnn_parsers(sub)
     return parser
 
 

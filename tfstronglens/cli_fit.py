@@ -31,6 +31,13 @@ def _add_inference_args(p, defaults):
     g.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
     g.add_argument("--num-starts", type=_count, default=defaults["num_starts"],
                    help="MAP starts optimised together (default: %(default)s)")
+    g.add_argument("--init", choices=("prior", "cnn"), default="prior",
+                   help="where the MAP starts come from: prior draws, or draws of the "
+                        "amortized lens CNN's posterior for the lens and source position "
+                        "(needs an image of the CNN's pixel scale; --init-model) "
+                        "(default: %(default)s)")
+    g.add_argument("--init-model", default="pretrained", metavar="pretrained|DIR",
+                   help="the lens CNN of --init cnn: 'pretrained' or a train-cnn folder")
     g.add_argument("--map-steps", type=_count, default=defaults["map_steps"],
                    help="Adam steps of the MAP (default: %(default)s)")
     g.add_argument("--vi-steps", type=_count, default=defaults["vi_steps"],
@@ -142,7 +149,18 @@ def _fit_kwargs(args):
                 num_chains=args.num_chains, num_results=args.num_results,
                 num_burnin=args.num_burnin, max_tree_depth=args.max_tree_depth,
                 hmc_kernel=args.hmc_kernel, neutra=args.neutra,
-                map_polish_steps=polish, progress=not args.no_progress)
+                map_polish_steps=polish, progress=not args.no_progress,
+                init=_init(args))
+
+
+def _init(args):
+    if args.init == "prior":
+        return None
+    if args.init_model == "pretrained":
+        return "cnn"
+    if not os.path.exists(args.init_model):
+        raise ValueError(f"--init-model {args.init_model!r} does not exist")
+    return args.init_model
 
 
 def _print_summary(result):
@@ -163,6 +181,8 @@ def _fit(args) -> int:
     if args.source_init == "rim" and args.source not in ("vae", "pixelated"):
         raise ValueError(f"--source-init rim seeds a vae or pixelated source, not --source "
                          f"{args.source}")
+    if args.source_init == "rim" and args.init == "cnn":
+        raise ValueError("--source-init rim and --init cnn both choose the MAP starts: give one")
     if "rim" in (args.source, args.source_init) and args.lens_light != "none":
         raise ValueError("the RIM reconstructs the source from data without lens light: "
                          "--source rim / --source-init rim need --lens-light none")

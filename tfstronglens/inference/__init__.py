@@ -1,6 +1,8 @@
 """Probabilistic inference: the lens model as TFP joint distributions, MAP, VI, subhalo
 detection (and, when present, HMC/NUTS and diagnostics)."""
 
+from .amortized import AMORTIZED_INITS, amortized_starts
+from .calibration import TARPResult, interval_coverage, tarp_coverage
 from .detection import SubhaloDetection, detect_subhalo, wilks_significance
 from .diagnostics import (
     effective_sample_size,
@@ -23,6 +25,11 @@ from .reconstruction import (
 
 __all__ = [
     "fit_lens",
+    "amortized_starts",
+    "AMORTIZED_INITS",
+    "interval_coverage",
+    "tarp_coverage",
+    "TARPResult",
     "reconstruct_source",
     "pixelated_inversion",
     "SourceReconstruction",

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from ..io._atomic import atomic_output
 from ._util import as_seed, positive_int
+from .amortized import AMORTIZED_INITS, amortized_starts
 from .detection import SubhaloDetection, detect_subhalo
 from .diagnostics import save_samples, summarize
 from .map import MAPResult, find_map
@@ -132,7 +133,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              detection_learning_rate: float | None = None,
              checkpoint: str | None = None, progress: bool = True,
              hmc_jit_compile: bool | None = None, map_result=None, map_init=None,
-             map_init_jitter: float = 0.1) -> FitResult:
+             map_init_jitter: float = 0.1, init=None) -> FitResult:
     r"""Fit ``model`` to ``data``: MAP, then Laplace (``"map"``), VI (``"vi"``) or VI + NUTS
     (``"hmc"``), then optionally the subhalo detection test (see module docs).
 
@@ -195,6 +196,11 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         e.g. a dict of constrained values from :func:`source_init_from_rim`) and the
         ``Normal(0, map_init_jitter)`` spread of the starts around them in unconstrained
         coordinates; default: prior draws.
+      init: where the MAP starts come from when ``map_init`` is not given: ``None`` or
+        ``"prior"`` (prior draws), ``"cnn"`` (draws of the shipped lens CNN's amortized
+        posterior for the lens and source position,
+        :func:`~tfstronglens.inference.amortized_starts`; the other parameters from the
+        prior), or a :class:`~tfstronglens.models.LensPosteriorNetwork` / its folder.
 
     Returns:
       a :class:`FitResult`.
@@ -227,6 +233,18 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     base = as_seed(seed)
     seeds = [tf.constant([int(base[0]) + 1000 * (i + 1), int(base[1])], tf.int32)
              for i in range(5)]
+    t_init = None
+    if init is not None and not (isinstance(init, str) and init == "prior"):
+        t_init = time.perf_counter()
+        if map_init is not None:
+            raise ValueError("give either map_init or init, not both")
+        if isinstance(init, str) and init not in AMORTIZED_INITS and not os.path.exists(init):
+            raise ValueError(f"init must be one of {AMORTIZED_INITS}, a lens CNN or its "
+                             f"folder, got {init!r}")
+        map_init = amortized_starts(model, None if init == "cnn" else init, d,
+                                    num_starts=num_starts, seed=int(base[0]))
+        map_init_jitter = 0.0
+        t_init = time.perf_counter() - t_init
     names = list(model.param_names)
     keep = set(_scalar_names(model))
     timings = {}
@@ -241,6 +259,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     else:
         map_res = map_result
     timings["map"] = time.perf_counter() - t
+    if t_init is not None:
+        timings["init"] = t_init
     best_fit = {k: float(v) for k, v in map_res.params.items() if np.ndim(v) == 0}
     laplace = vi_res = mcmc = None
 
@@ -334,6 +354,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         timings["detection"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     settings = dict(method=method, seed=seed, num_starts=num_starts, map_steps=map_steps,
+                    init=init if init is None or isinstance(init, str) else "network",
                     map_learning_rate=map_learning_rate, map_polish_steps=lm_steps, vi_surrogate=vi_surrogate,
                     vi_steps=vi_steps, vi_learning_rate=vi_learning_rate,
                     num_samples=num_samples, num_chains=num_chains, num_results=num_results,

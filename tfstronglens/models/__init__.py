@@ -9,6 +9,9 @@
 * :func:`load_pretrained_vae`: a VAE shipped with the package.
 * :class:`RIM`: the recurrent inference machine source reconstructor; :func:`load_rim`
   (the shipped one), :func:`train_rim` on simulated lenses.
+* :class:`LensPosteriorNetwork`: a CNN that gives a posterior over the lens parameters in
+  milliseconds (Gaussian or normalizing-flow head); :func:`load_lens_cnn` (the shipped
+  one), :func:`train_cnn` on simulated lenses.
 """
 
 from .vae import NORMALIZATIONS, VAE, check_image_size, make_decoder, make_encoder
@@ -17,6 +20,9 @@ from ._pretrained import PRETRAINED_MODELS, load_pretrained_vae, pretrained_path
 from .training import train_on_stream, train_vae
 from .rim import RIM, ConvGRU, footprint_mask, load_rim, source_error
 from .rim_training import evaluate_rim, rim_dataset, train_rim
+from .amortized import (POSTERIOR_HEADS, LensPosteriorNetwork, load_lens_cnn,
+                        posterior_parameter_names)
+from .amortized_training import DEFAULT_CNN_SIMULATIONS, cnn_dataset, evaluate_cnn, train_cnn
 
 __all__ = [
     "VAE",
@@ -39,4 +45,12 @@ __all__ = [
     "train_rim",
     "rim_dataset",
     "evaluate_rim",
+    "LensPosteriorNetwork",
+    "POSTERIOR_HEADS",
+    "load_lens_cnn",
+    "posterior_parameter_names",
+    "train_cnn",
+    "cnn_dataset",
+    "evaluate_cnn",
+    "DEFAULT_CNN_SIMULATIONS",
 ]
