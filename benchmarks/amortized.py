@@ -2,7 +2,7 @@
 ``fit``.
 
     python benchmarks/amortized.py [--model pretrained|DIR] [--only throughput,heldout,
-        lenstronomy,map,hmc] [--num-heldout 2000] [--num-map 20] [--num-hmc 20]
+        heads,lenstronomy,map,hmc] [--num-heldout 2000] [--num-map 20] [--num-hmc 20]
 
 Sections:
 
@@ -15,6 +15,10 @@ Sections:
   AEGIS F814W galaxies of ``../shared/data/galsim_real`` (INTERPOL source, random
   rotation) behind SIE + shear lenses drawn from the training prior, HST-like noise at S/N
   15-50: the same statistics, against those of this package's own simulations.
+* ``heads``: the default flow head against a full-covariance Gaussian head trained for
+  ``--head-steps`` steps on the trained network's frozen features (the same backbone, so
+  the heads alone are compared), on held-out simulations: mean negative log posterior
+  density of the truth (lower is better), coverage, TARP, ``theta_E`` error.
 * ``map``: ``fit_lens(method="map")`` on ``--num-map`` held-out lenses (Sersic source, no
   lens light) with MAP starts from the prior and from the CNN (``init="cnn"``), the same
   number of starts: time, and how often the MAP lands in the mirrored
@@ -34,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfstronglens.models import load_lens_cnn  # noqa: E402
 from tfstronglens.models.amortized_training import (  # noqa: E402
-    DEFAULT_CNN_SIMULATIONS, cnn_generators, evaluate_cnn, report_from_evaluation)
+    DEFAULT_CNN_SIMULATIONS, cnn_batch, cnn_generators, evaluate_cnn, report_from_evaluation)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GALSIM_REAL = os.path.join(HERE, "..", "..", "shared", "data", "galsim_real")
@@ -87,6 +91,71 @@ def heldout(net, n):
         print(f"  lens light {'yes' if light else 'no '}: theta_E median relative error "
               f"{np.median(rel):.4f} ({sel.sum()} lenses)")
     return ev
+
+
+def heads(net, steps, num, batch=64):
+    import keras
+
+    from tfstronglens.inference.calibration import interval_coverage, tarp_coverage
+    from tfstronglens.models.amortized import GaussianHead
+
+    names = net.param_names
+    train = cnn_generators(DEFAULT_CNN_SIMULATIONS, seed=0)
+    gauss = GaussianHead(net.dim)
+    gauss.build((None, net.features))
+    opt = keras.optimizers.Adam(1e-3)
+
+    @tf.function(autograph=False)
+    def step(x, theta):
+        f = net.backbone(net.preprocess(x))
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(gauss.distribution(gauss(f)).log_prob(net.standardize(theta)))
+        grads = tape.gradient(loss, gauss.trainable_weights)
+        opt.apply_gradients(zip(grads, gauss.trainable_weights))
+        return loss
+
+    t0 = time.perf_counter()
+    for k in range(steps):  # batches far beyond those the network was trained on
+        x, theta, _ = cnn_batch(train, names, 2 * 10**6 + k, batch)
+        loss = step(x, theta)
+        if (k + 1) % 100 == 0:
+            print(f"heads: Gaussian head step {k + 1}/{steps}, loss {float(loss):.3f}",
+                  flush=True)
+    print(f"heads: trained the Gaussian head in {time.perf_counter() - t0:.0f} s")
+
+    @tf.function(autograph=False)
+    def evaluate(x, theta, seed):
+        f = net.backbone(net.preprocess(x))
+        z = net.standardize(theta)
+        out = {}
+        for name, q in (("flow", net.head.distribution(net.head(f))),
+                        ("gaussian", gauss.distribution(gauss(f)))):
+            d = q.sample(500, seed=seed) * net.param_scale + net.param_loc
+            out[name] = (-q.log_prob(z), tf.transpose(d, [1, 0, 2]))
+        return out
+
+    held = cnn_generators(DEFAULT_CNN_SIMULATIONS, seed=0, heldout=True)
+    res = {"flow": ([], []), "gaussian": ([], [])}
+    thetas = []
+    for k in range(-(-num // batch)):
+        x, theta, _ = cnn_batch(held, names, k, batch)
+        out = evaluate(x, theta, tf.constant([7, k]))
+        thetas.append(theta.numpy())
+        for name, (nll, d) in out.items():
+            res[name][0].append(nll.numpy())
+            res[name][1].append(d.numpy())
+    theta = np.concatenate(thetas)
+    i = names.index("lens.0.theta_E")
+    print(f"heads on {len(theta)} held-out lenses (same frozen backbone):")
+    print(f"  {'head':9s} {'NLL':>7s} {'TARP':>6s} {'thE err':>8s}  68% coverage per parameter")
+    for name, (nll, d) in res.items():
+        d = np.concatenate(d)
+        cov = interval_coverage(d, theta)
+        med = np.median(d, 1)
+        print(f"  {name:9s} {np.mean(np.concatenate(nll)):7.3f} "
+              f"{tarp_coverage(d, theta).max_deviation:6.3f} "
+              f"{np.median(np.abs(med[:, i] / theta[:, i] - 1)):8.4f}  "
+              + " ".join(f"{c:.2f}" for c in cov[0.68]))
 
 
 def _aegis_stamps():
@@ -233,10 +302,11 @@ def map_and_hmc(net, num_map, num_hmc, num_starts=8):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="pretrained")
-    p.add_argument("--only", default="throughput,heldout,lenstronomy,map,hmc")
+    p.add_argument("--only", default="throughput,heldout,heads,lenstronomy,map,hmc")
     p.add_argument("--num-heldout", type=int, default=2000)
     p.add_argument("--num-map", type=int, default=20)
     p.add_argument("--num-hmc", type=int, default=20)
+    p.add_argument("--head-steps", type=int, default=1000)
     args = p.parse_args()
     net = load_lens_cnn(args.model)
     only = set(args.only.split(","))
@@ -246,6 +316,8 @@ def main():
         throughput(net)
     if "heldout" in only:
         heldout(net, args.num_heldout)
+    if "heads" in only:
+        heads(net, args.head_steps, args.num_heldout)
     if "lenstronomy" in only:
         lenstronomy_aegis(net)
     if "map" in only or "hmc" in only:

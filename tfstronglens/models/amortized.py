@@ -112,7 +112,11 @@ class ResNetBackbone(keras.layers.Layer):
         h = self.act(self.stem(x))
         for i, (a, b) in enumerate(self.blocks):
             h = h + b(self.act(a(h)))
-            h = self.act(h)
+            # max(h, 0.1 h) is LeakyReLU(0.1); written so that TF's graph optimiser does not
+            # fuse it with the convolution and the residual add: that fused kernel
+            # (Conv2D + BiasAdd + Add + LeakyRelu, oneDNN, TF 2.21 on CPU) returns wrong
+            # values in inference graphs (tests/test_amortized.py checks graph == eager)
+            h = tf.maximum(h, 0.1 * h)
             if i < len(self.downs):
                 h = self.act(self.downs[i](h))
         return self.act(self.dense(self.flatten(h)))
@@ -407,6 +411,9 @@ class LensPosteriorNetwork(keras.Model):
         return (tf.convert_to_tensor(theta, tf.float32) - self.param_loc) / self.param_scale
 
     # ---------------------------------------------------------------- training
+    # (no AutoGraph conversion: the TFP flow has no Python control flow on tensors, and
+    # converting its internals multiplies the train step's tracing time)
+    @tf.autograph.experimental.do_not_convert
     def _loss(self, inputs, theta):
         q = self.standardized_posterior(inputs)
         return -tf.reduce_mean(q.log_prob(self.standardize(theta)))

@@ -24,8 +24,8 @@ from ..io._atomic import atomic_output
 from .amortized import POSTERIOR_HEADS, LensPosteriorNetwork, posterior_parameter_names
 from .training import LEARNING_RATE_SCHEDULES, train_on_stream
 
-__all__ = ["DEFAULT_CNN_SIMULATIONS", "cnn_generators", "cnn_dataset", "parameter_moments",
-           "posterior_draws", "evaluate_cnn", "train_cnn"]
+__all__ = ["DEFAULT_CNN_SIMULATIONS", "cnn_generators", "cnn_dataset", "cnn_batch",
+           "parameter_moments", "evaluate_cnn", "report_from_evaluation", "train_cnn", "TRAIN_COMMAND"]
 
 #: The command name recorded in (and required of) train_cnn checkpoints.
 TRAIN_COMMAND = "tfstronglens.models.train_cnn"
@@ -72,7 +72,9 @@ def cnn_generators(simulations, seed: int = 0, heldout: bool = False) -> list:
     return gens
 
 
-def _batch(generators, param_names, k, batch_size):
+def cnn_batch(generators, param_names, k: int, batch_size: int):
+    """Batch ``k`` of the stream: batch ``k // G`` of generator ``k % G``, as
+    ``({"image", "noise"}, theta [B, D], the generator's output dict)``."""
     g = generators[k % len(generators)]
     out = g.generate_tensors(k // len(generators), batch_size)
     theta = tf.stack([out["truths"][n] for n in param_names], axis=-1)
@@ -89,7 +91,7 @@ def cnn_dataset(generators, param_names, batch_size: int, start: int = 0,
     def batches():
         k = start
         while stop is None or k < stop:
-            inputs, theta, _ = _batch(generators, param_names, k, batch_size)
+            inputs, theta, _ = cnn_batch(generators, param_names, k, batch_size)
             yield inputs, theta
             k += 1
 
@@ -100,23 +102,16 @@ def cnn_dataset(generators, param_names, batch_size: int, start: int = 0,
     return ds.prefetch(prefetch) if prefetch else ds
 
 
-def parameter_moments(generators, param_names, batch_size: int, num: int = 4096,
+def parameter_moments(generators, param_names, batch_size: int, batches_per_generator: int = 16,
                       first_batch: int = 10**6):
-    """Mean and standard deviation of each parameter over about ``num`` draws of the
-    generators' priors: batches ``first_batch, ...`` (far from those trained on) of
-    ``batch_size`` (the training batch size, so the generators' compiled batch functions
-    are reused; the images are simulated too)."""
-    per = max(1, -(-num // (len(generators) * batch_size)))
-    thetas = [_batch([g], param_names, first_batch + j, batch_size)[1].numpy()
-              for g in generators for j in range(per)]
+    """Mean and standard deviation of each parameter over ``batches_per_generator``
+    batches of each generator's prior (batch indices from ``first_batch`` on, far from
+    those trained on; of ``batch_size``, the training batch size, so the generators'
+    compiled batch functions are reused; the images are simulated too)."""
+    thetas = [cnn_batch([g], param_names, first_batch + j, batch_size)[1].numpy()
+              for g in generators for j in range(int(batches_per_generator))]
     theta = np.concatenate(thetas)
     return theta.mean(0), theta.std(0)
-
-
-def posterior_draws(net: LensPosteriorNetwork, inputs, num_samples: int, seed=0) -> np.ndarray:
-    """``[B, num_samples, D]`` draws of ``net.posterior(inputs)`` (physical units)."""
-    draws = net.posterior(inputs).sample(num_samples, seed=tf.constant([int(seed), 0]))
-    return np.transpose(draws.numpy(), (1, 0, 2))
 
 
 def evaluate_cnn(net: LensPosteriorNetwork, generators, num_lenses: int, batch_size: int = 100,
@@ -135,7 +130,7 @@ def evaluate_cnn(net: LensPosteriorNetwork, generators, num_lenses: int, batch_s
     seconds, timed = 0.0, 0
     nb = -(-num_lenses // batch_size)
     for k in range(nb):
-        inputs, theta, out = _batch(generators, net.param_names, k, batch_size)
+        inputs, theta, out = cnn_batch(generators, net.param_names, k, batch_size)
         if k == 0:
             call(inputs).numpy()
         t0 = time.perf_counter()
@@ -227,7 +222,7 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
               batch_size: int = 64, learning_rate: float = 1e-3,
               learning_rate_schedule: str = "cosine", filters=(16, 32, 64, 128),
               features: int = 128, flow_layers: int = 4, flow_hidden=(64, 64),
-              steps_per_checkpoint: int = 100, num_heldout: int = 2000, seed: int = 0,
+              flow_transform: str = "spline", steps_per_checkpoint: int = 100, num_heldout: int = 2000, seed: int = 0,
               jit_compile: bool = False, strategy=None, resume: bool = True,
               overwrite: bool = False, progress: bool = True) -> dict:
     """Train a :class:`~tfstronglens.models.LensPosteriorNetwork` on an infinite stream of
@@ -263,7 +258,8 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
                 param_scale=[float(v) for v in scale], num_pix=cfg0.num_pix,
                 pixel_scale=generators[0].observation.pixel_scale, head=head,
                 filters=[int(f) for f in filters], features=int(features),
-                flow_layers=int(flow_layers), flow_hidden=[int(h) for h in flow_hidden])
+                flow_layers=int(flow_layers), flow_hidden=[int(h) for h in flow_hidden],
+                flow_transform=flow_transform)
     settings = {"simulations": [g.config.to_dict() for g in generators], "network": arch,
                 "batch_size": int(batch_size), "learning_rate": float(learning_rate),
                 "learning_rate_schedule": learning_rate_schedule,
