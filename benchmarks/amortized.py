@@ -267,6 +267,9 @@ def map_and_hmc(net, num_map, num_hmc, num_starts=8):
                     time=dt, mirrored=_mirrored(best, truth),
                     theta_E_miss=abs(best["lens.0.theta_E"] / truth["lens.0.theta_E"] - 1) > 0.02,
                     log_post=float(res.map.log_posterior)))
+                print(f"map: lens {i + 1}/{num_map}, starts from {init}: {dt:.1f} s, mirrored "
+                      f"{rows[init][-1]['mirrored']}, theta_E miss "
+                      f"{rows[init][-1]['theta_E_miss']}", flush=True)
         if i < num_hmc:
             res = fit_lens(model, method="hmc", num_starts=num_starts, map_steps=300, seed=i,
                            init=net, num_chains=4, num_results=300, num_burnin=300,
