@@ -1,11 +1,24 @@
-"""Command-line options shared by the commands that read an observed lens image (``fit``,
-``reconstruct``): parsed in one place, read in one place."""
+"""Command-line options shared by several commands, parsed in one place and read in one
+place: those of an observed lens image (``fit``, ``reconstruct``; the noise options also
+``predict``) and those of a training run on simulated lenses (``train-rim``,
+``train-cnn``)."""
 
 from __future__ import annotations
 
-from .cli import _positive_float
+import os
 
-__all__ = ["add_image_args", "load_image_args"]
+from .cli import _positive_float, _positive_int, _seed, _UserError
+
+__all__ = ["add_image_args", "load_image_args", "add_noise_args", "add_training_args",
+           "check_training_out", "training_strategy"]
+
+
+def add_noise_args(p, what: str = "background noise per pixel, e-/s (default: header BKGRMS)"):
+    """``--noise-rms S | --noise-map FILE`` (mutually exclusive)."""
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--noise-rms", type=_positive_float, default=None, metavar="S", help=what)
+    noise.add_argument("--noise-map", default=None, metavar="FILE",
+                       help="FITS map of the per-pixel noise sigma (e-/s)")
 
 
 def add_image_args(p, what: str = "the lens image (square)"):
@@ -17,11 +30,7 @@ def add_image_args(p, what: str = "the lens image (square)"):
                    help="PSF kernel (default: the image file's PSF extension, if any)")
     p.add_argument("--psf-fwhm", type=_positive_float, default=None, metavar="ARCSEC",
                    help="Gaussian PSF FWHM when there is no kernel")
-    noise = p.add_mutually_exclusive_group()
-    noise.add_argument("--noise-rms", type=_positive_float, default=None, metavar="S",
-                       help="background noise per pixel, e-/s (default: header BKGRMS)")
-    noise.add_argument("--noise-map", default=None, metavar="FILE",
-                       help="FITS map of the per-pixel noise sigma (e-/s)")
+    add_noise_args(p)
     p.add_argument("--exposure", type=_positive_float, default=None, metavar="T",
                    help="exposure time in s for the source's Poisson noise (default: "
                         "header EXPTIME; without it only the background noise)")
@@ -40,3 +49,50 @@ def load_image_args(args):
     return load_lens_image(args.image, hdu=hdu, psf=args.psf, psf_fwhm=args.psf_fwhm,
                            noise_rms=args.noise_rms, noise_map=args.noise_map,
                            exposure_time=args.exposure, pixel_scale=args.pixel_scale)
+
+
+def add_training_args(p, *, steps: int, batch_size: int, num_heldout: int):
+    """The options of a training run on a stream of simulated lenses: ``--steps
+    --batch-size --learning-rate --steps-per-checkpoint --num-heldout --seed --mirrored
+    --out --overwrite --no-progress``."""
+    p.add_argument("--steps", type=_positive_int(10**9), default=steps,
+                   help="total optimizer steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int(4096), default=batch_size,
+                   help="lenses per step (default: %(default)s)")
+    p.add_argument("--learning-rate", type=_positive_float, default=1e-3,
+                   help="(initial) Adam learning rate (default: %(default)s)")
+    p.add_argument("--steps-per-checkpoint", type=_positive_int(10**9), default=100,
+                   help="optimizer steps between checkpoints (default: %(default)s)")
+    p.add_argument("--num-heldout", type=_positive_int(10**6), default=num_heldout,
+                   help="held-out lenses of the report (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
+    p.add_argument("--mirrored", action="store_true",
+                   help="train under tf.distribute.MirroredStrategy (all local devices)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in DIR (discarding a checkpoint)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_training_out(args, command: str, name: str):
+    """Refuse an ``--out`` that is a file, or a non-empty folder that holds no checkpoint of
+    ``command`` (the trainer's recorded name; ``name`` is the CLI command), unless
+    ``--overwrite``."""
+    from .models.training import read_stream_state
+
+    out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _UserError(f"--out {out!r} exists and is not a directory")
+    if (os.path.isdir(out) and os.listdir(out) and not args.overwrite
+            and read_stream_state(out, command) is None):
+        raise _UserError(f"output directory {out!r} is not empty and is not a {name} "
+                         "checkpoint directory; pass --overwrite to start afresh there")
+
+
+def training_strategy(args):
+    """``tf.distribute.MirroredStrategy()`` for ``--mirrored``, else ``None``."""
+    if not args.mirrored:
+        return None
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy()

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_float, _positive_int, _seed
+from .cli_args import add_noise_args, add_training_args, check_training_out, training_strategy
 
 __all__ = ["add_parsers"]
 
@@ -35,23 +36,7 @@ def add_parsers(sub):
                          "(taken in turn); --instrument overrides their instrument")
     tr.add_argument("--head", choices=sorted(POSTERIOR_HEADS), default="flow",
                     help="posterior head (default: %(default)s)")
-    tr.add_argument("--steps", type=_positive_int(10**9), default=5000,
-                    help="total optimizer steps (default: %(default)s)")
-    tr.add_argument("--batch-size", type=_positive_int(4096), default=64,
-                    help="lenses per step (default: %(default)s)")
-    tr.add_argument("--learning-rate", type=_positive_float, default=1e-3,
-                    help="initial Adam learning rate, cosine-decayed (default: %(default)s)")
-    tr.add_argument("--steps-per-checkpoint", type=_positive_int(10**9), default=100,
-                    help="optimizer steps between checkpoints (default: %(default)s)")
-    tr.add_argument("--num-heldout", type=_positive_int(10**6), default=2000,
-                    help="held-out lenses of the report (default: %(default)s)")
-    tr.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
-    tr.add_argument("--mirrored", action="store_true",
-                    help="train under tf.distribute.MirroredStrategy (all local devices)")
-    tr.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    tr.add_argument("--overwrite", action="store_true",
-                    help="start afresh in DIR (discarding a checkpoint)")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_training_args(tr, steps=5000, batch_size=64, num_heldout=2000)  # (cosine-decayed LR)
     tr.set_defaults(func=_train_cnn)
 
     pr = sub.add_parser(
@@ -65,11 +50,7 @@ def add_parsers(sub):
                     "Images of another size are centre-cropped or zero-padded; another pixel "
                     "scale needs --resample.")
     pr.add_argument("images", nargs="+", metavar="IMAGE.fits", help="lens images (e-/s/pixel)")
-    noise = pr.add_mutually_exclusive_group()
-    noise.add_argument("--noise-rms", type=_positive_float, default=None, metavar="S",
-                       help="background noise per pixel, e-/s (default: header BKGRMS)")
-    noise.add_argument("--noise-map", default=None, metavar="FILE",
-                       help="FITS map of the per-pixel noise sigma (one image only)")
+    add_noise_args(pr)
     pr.add_argument("--exposure", type=_positive_float, default=None, metavar="T",
                     help="exposure time in s for the Poisson noise (default: header EXPTIME)")
     pr.add_argument("--pixel-scale", type=_positive_float, default=None, metavar="P",
@@ -119,21 +100,11 @@ def _read_simulations(path, instrument):
 
 def _train_cnn(args) -> int:
     from .models.amortized_training import TRAIN_COMMAND, train_cnn
-    from .models.training import read_stream_state
 
+    check_training_out(args, TRAIN_COMMAND, "train-cnn")
     out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise _UserError(f"--out {out!r} exists and is not a directory")
-    if (os.path.isdir(out) and os.listdir(out) and not args.overwrite
-            and read_stream_state(out, TRAIN_COMMAND) is None):
-        raise _UserError(f"output directory {out!r} is not empty and is not a train-cnn "
-                         "checkpoint directory; pass --overwrite to start afresh there")
     sims = _read_simulations(args.config, args.instrument)
-    strategy = None
-    if args.mirrored:
-        import tensorflow as tf
-
-        strategy = tf.distribute.MirroredStrategy()
+    strategy = training_strategy(args)
     report = train_cnn(out, simulations=sims, head=args.head, steps=args.steps,
                        batch_size=args.batch_size, learning_rate=args.learning_rate,
                        steps_per_checkpoint=args.steps_per_checkpoint,

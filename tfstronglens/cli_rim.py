@@ -8,8 +8,9 @@ import sys
 
 import numpy as np
 
-from .cli import _UserError, _check_output_dir, _positive_float, _positive_int, _seed
-from .cli_args import add_image_args, load_image_args
+from .cli import _UserError, _check_output_dir, _positive_int
+from .cli_args import (add_image_args, add_training_args, check_training_out, load_image_args,
+                       training_strategy)
 from .simulation.generator import LENS_PROFILES
 
 __all__ = ["add_parsers"]
@@ -42,12 +43,6 @@ def add_parsers(sub):
                     help="lens model of the simulations (default: %(default)s)")
     tr.add_argument("--num-pix", type=_positive_int(4096), default=64,
                     help="image pixels per side (default: %(default)s)")
-    tr.add_argument("--steps", type=_positive_int(10**9), default=4000,
-                    help="total optimizer steps (default: %(default)s)")
-    tr.add_argument("--batch-size", type=_positive_int(4096), default=16,
-                    help="lenses per step (default: %(default)s)")
-    tr.add_argument("--learning-rate", type=_positive_float, default=1e-3,
-                    help="Adam learning rate (default: %(default)s)")
     tr.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                     help="learning-rate schedule over --steps (default: %(default)s)")
     tr.add_argument("--init-from", default=None, metavar="DIR",
@@ -58,17 +53,7 @@ def add_parsers(sub):
                          "trained for N steps with the same --seed passes N: new lenses only)")
     tr.add_argument("--rim-steps", type=_positive_int(100), default=10,
                     help="recurrent steps T (default: %(default)s)")
-    tr.add_argument("--steps-per-checkpoint", type=_positive_int(10**9), default=100,
-                    help="optimizer steps between checkpoints (default: %(default)s)")
-    tr.add_argument("--num-heldout", type=_positive_int(10**6), default=256,
-                    help="held-out lenses of the report (default: %(default)s)")
-    tr.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
-    tr.add_argument("--mirrored", action="store_true",
-                    help="train under tf.distribute.MirroredStrategy (all local devices)")
-    tr.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    tr.add_argument("--overwrite", action="store_true",
-                    help="start afresh in DIR (discarding a checkpoint)")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_training_args(tr, steps=4000, batch_size=16, num_heldout=256)
     tr.set_defaults(func=_train_rim)
 
     rc = sub.add_parser(
@@ -100,23 +85,13 @@ def add_parsers(sub):
 
 def _train_rim(args) -> int:
     from .models.rim_training import DEFAULT_RIM_SIMULATION, train_rim
-    from .models.training import read_stream_state
 
+    check_training_out(args, "tfstronglens.models.train_rim", "train-rim")
     out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise _UserError(f"--out {out!r} exists and is not a directory")
-    if (os.path.isdir(out) and os.listdir(out) and not args.overwrite
-            and read_stream_state(out, "tfstronglens.models.train_rim") is None):
-        raise _UserError(f"output directory {out!r} is not empty and is not a train-rim "
-                         "checkpoint directory; pass --overwrite to start afresh there")
     sim = dict(DEFAULT_RIM_SIMULATION, instrument=args.instrument, source=args.source,
                galaxy_dataset=args.galaxy_dataset, galaxy_manual_dir=args.manual_dir,
                lens_model=args.lens, num_pix=args.num_pix)
-    strategy = None
-    if args.mirrored:
-        import tensorflow as tf
-
-        strategy = tf.distribute.MirroredStrategy()
+    strategy = training_strategy(args)
     report = train_rim(out, simulation=sim, steps=args.steps, batch_size=args.batch_size,
                        learning_rate=args.learning_rate, rim_steps=args.rim_steps,
                        steps_per_checkpoint=args.steps_per_checkpoint,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["PRETRAINED_MODELS", "load_pretrained_vae", "pretrained_path", "PRETRAINED_DIR"]
+__all__ = ["PRETRAINED_MODELS", "load_pretrained_vae", "pretrained_path", "PRETRAINED_DIR",
+           "load_model_spec"]
 
 #: Folder of the shipped model files (package data, see setup.cfg).
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
@@ -56,3 +57,43 @@ def load_pretrained_vae(name: str = "synthetic_galaxies_64", compile: bool = Fal
             "reinstall tfstronglens from a release that ships the weights."
         )
     return keras.models.load_model(path, compile=compile)
+
+
+def load_model_spec(spec, cls, *, what: str, inner: str, pretrained: str, command: str):
+    """The ``cls`` model named by ``spec``, the one rule of the package's model loaders
+    (:func:`~tfstronglens.models.load_rim`, :func:`~tfstronglens.models.load_lens_cnn`):
+    ``None`` or ``"pretrained"`` (the shipped file ``pretrained`` in
+    :data:`PRETRAINED_DIR`), an instance (returned as is), a training folder holding
+    ``inner`` (written by ``tfstronglens <command> --out DIR``) or a ``.keras`` path.
+    ``FileNotFoundError`` for a missing file, ``ValueError`` for one that does not hold a
+    ``cls`` (``what`` names it in the messages)."""
+    import keras
+
+    if isinstance(spec, cls):
+        return spec
+    if spec is None or (isinstance(spec, str) and spec == "pretrained"):
+        path = os.path.join(PRETRAINED_DIR, pretrained)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"the shipped {what} is not in this installation ({path!r}); "
+                                    f"train one with `tfstronglens {command} --out DIR` and "
+                                    "pass --model DIR")
+    else:
+        try:
+            path = os.fspath(spec)
+        except TypeError:
+            raise ValueError(f"model must be a {what}, a folder with {inner} or a .keras file, "
+                             f"got {spec!r}") from None
+        if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, inner)):
+                raise ValueError(f"model folder {path!r} holds no {inner}: it is not a {what} "
+                                 f"training folder (tfstronglens {command} --out DIR)")
+            path = os.path.join(path, inner)
+        elif not os.path.isfile(path):
+            raise FileNotFoundError(f"model {path!r} does not exist")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not such a model"
+        raise ValueError(f"model {path!r} could not be loaded as a {what}: {exc}") from None
+    if not isinstance(model, cls):
+        raise ValueError(f"model {path!r} holds a {type(model).__name__}, not a {what}")
+    return model

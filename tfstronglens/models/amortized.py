@@ -563,35 +563,7 @@ def load_lens_cnn(spec=None) -> LensPosteriorNetwork:
     ``cnn.keras`` (``train-cnn --out DIR``) or the path of a ``.keras`` file.
     ``FileNotFoundError`` for a missing file, ``ValueError`` for one that does not hold
     such a network."""
-    from ._pretrained import PRETRAINED_DIR
+    from ._pretrained import load_model_spec
 
-    if isinstance(spec, LensPosteriorNetwork):
-        return spec
-    if spec is None or spec == "pretrained":
-        path = os.path.join(PRETRAINED_DIR, PRETRAINED_CNN)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"the shipped lens CNN is not in this installation "
-                                    f"({path!r}); train one with `tfstronglens train-cnn --out "
-                                    "DIR` and pass --model DIR")
-    else:
-        try:
-            path = os.fspath(spec)
-        except TypeError:
-            raise ValueError(f"model must be 'pretrained', a LensPosteriorNetwork, a folder "
-                             f"with cnn.keras or a .keras file, got {spec!r}") from None
-        if os.path.isdir(path):
-            inner = os.path.join(path, "cnn.keras")
-            if not os.path.isfile(inner):
-                raise ValueError(f"model folder {path!r} holds no cnn.keras: it is not a "
-                                 "lens-CNN training folder (tfstronglens train-cnn --out DIR)")
-            path = inner
-        elif not os.path.isfile(path):
-            raise FileNotFoundError(f"model {path!r} does not exist")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a lens CNN"
-        raise ValueError(f"model {path!r} could not be loaded as a lens CNN: {exc}") from None
-    if not isinstance(model, LensPosteriorNetwork):
-        raise ValueError(f"model {path!r} holds a {type(model).__name__}, not a "
-                         "LensPosteriorNetwork")
-    return model
+    return load_model_spec(spec, LensPosteriorNetwork, what="lens CNN", inner="cnn.keras",
+                           pretrained=PRETRAINED_CNN, command="train-cnn")

@@ -12,7 +12,6 @@ simulations.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -20,9 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..io._atomic import atomic_output
 from .amortized import POSTERIOR_HEADS, LensPosteriorNetwork, posterior_parameter_names
-from .training import LEARNING_RATE_SCHEDULES, train_on_stream
+from .training import (LEARNING_RATE_SCHEDULES, save_trained_model, train_on_stream,
+                       write_json)
 
 __all__ = ["DEFAULT_CNN_SIMULATIONS", "cnn_generators", "cnn_dataset", "cnn_batch",
            "parameter_moments", "evaluate_cnn", "report_from_evaluation", "train_cnn", "TRAIN_COMMAND"]
@@ -282,19 +281,14 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
     train_seconds = time.perf_counter() - t0
 
     out_dir = os.fspath(out_dir)
-    with atomic_output(os.path.join(out_dir, "cnn.keras"), overwrite=True) as tmp:
-        net.save(tmp, overwrite=True)
-    net.export(os.path.join(out_dir, "saved_model"), overwrite=True)
+    save_trained_model(net, out_dir, "cnn.keras")
     held = cnn_generators(sims, seed, heldout=True)
     ev = evaluate_cnn(net, held, num_heldout, batch_size=batch_size, seed=seed)
     report = {"steps": int(state["step"]), **report_from_evaluation(ev),
               "train_seconds_this_call": train_seconds, "settings": settings,
               "history": state["history"]}
     _plots(out_dir, ev)
-    with atomic_output(os.path.join(out_dir, "report.json"), overwrite=True) as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=2)
-            fh.write("\n")
+    write_json(os.path.join(out_dir, "report.json"), report)
     if progress:
         te = report.get("theta_E_median_relative_error", float("nan"))
         print(f"train_cnn: {report['steps']} steps; held-out theta_E median relative error "

@@ -428,37 +428,10 @@ def load_rim(spec=None) -> RIM:
     :class:`RIM`, a training folder holding ``rim.keras`` (``train-rim --out DIR``) or the
     path of a ``.keras`` file. ``FileNotFoundError`` for a missing file, ``ValueError``
     for a file or folder that does not hold a RIM."""
-    from ._pretrained import PRETRAINED_DIR
+    from ._pretrained import load_model_spec
 
-    if isinstance(spec, RIM):
-        return spec
-    if spec is None:
-        path = os.path.join(PRETRAINED_DIR, PRETRAINED_RIM)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"the shipped RIM is not in this installation ({path!r}); "
-                                    "train one with `tfstronglens train-rim --out DIR` and pass "
-                                    "--model DIR")
-    else:
-        try:
-            path = os.fspath(spec)
-        except TypeError:
-            raise ValueError(f"model must be a RIM, a folder with rim.keras or a .keras file, "
-                             f"got {spec!r}") from None
-        if os.path.isdir(path):
-            inner = os.path.join(path, "rim.keras")
-            if not os.path.isfile(inner):
-                raise ValueError(f"model folder {path!r} holds no rim.keras: it is not a RIM "
-                                 "training folder (tfstronglens train-rim --out DIR)")
-            path = inner
-        elif not os.path.isfile(path):
-            raise FileNotFoundError(f"model {path!r} does not exist")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not a RIM"
-        raise ValueError(f"model {path!r} is not a readable Keras model: {exc}") from None
-    if not isinstance(model, RIM):
-        raise ValueError(f"model {path!r} holds a {type(model).__name__}, not a RIM")
-    return model
+    return load_model_spec(spec, RIM, what="RIM", inner="rim.keras", pretrained=PRETRAINED_RIM,
+                           command="train-rim")
 
 
 class RIMSource(PixelatedSource):

@@ -19,9 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..io._atomic import atomic_output
 from .rim import RIM, load_rim, source_error
-from .training import LEARNING_RATE_SCHEDULES, train_on_stream
+from .training import (LEARNING_RATE_SCHEDULES, save_trained_model, train_on_stream,
+                       write_json)
 
 __all__ = ["rim_dataset", "rim_batch", "train_rim", "evaluate_rim", "DEFAULT_RIM_SIMULATION"]
 
@@ -237,9 +237,7 @@ def train_rim(out_dir, *, simulation: dict | None = None, steps: int = 2000,
     train_seconds = time.perf_counter() - t0
 
     out_dir = os.fspath(out_dir)
-    with atomic_output(os.path.join(out_dir, "rim.keras"), overwrite=True) as tmp:
-        rim.save(tmp, overwrite=True)
-    rim.export(os.path.join(out_dir, "saved_model"), overwrite=True)
+    save_trained_model(rim, out_dir, "rim.keras")
     held = LensDatasetGenerator(dataclasses.replace(config, seed=int(seed) + 1,
                                                     galaxy_split="validation"))
     ev = evaluate_rim(rim, held, num_heldout)
@@ -261,10 +259,7 @@ def train_rim(out_dir, *, simulation: dict | None = None, steps: int = 2000,
         "history": state["history"],
     }
     _grid_png(os.path.join(out_dir, "reconstructions.png"), ev["examples"], None)
-    with atomic_output(os.path.join(out_dir, "report.json"), overwrite=True) as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=2)
-            fh.write("\n")
+    write_json(os.path.join(out_dir, "report.json"), report)
     if progress:
         print(f"train_rim: {report['steps']} steps; held-out source error median "
               f"{report['source_error']['median']:.3f}, chi2/pixel median "

@@ -19,7 +19,7 @@ from .vae import VAE
 
 __all__ = ["train_vae", "load_galaxy_dataset", "within_noise_threshold", "STATE_FILE",
            "CHECKPOINT_DIR", "is_checkpoint_dir", "train_on_stream", "read_stream_state",
-           "LEARNING_RATE_SCHEDULES"]
+           "LEARNING_RATE_SCHEDULES", "save_trained_model", "write_json"]
 
 #: Subdirectory of ``out_dir`` that holds the epoch checkpoints and the resume state.
 CHECKPOINT_DIR = "checkpoint"
@@ -61,7 +61,18 @@ def _read_report(out_dir):
     return report if isinstance(report, dict) else None
 
 
-def _write_json(path, data):
+def save_trained_model(model, out_dir, filename: str) -> str:
+    """The final outputs of a training run: ``out_dir/filename`` (the Keras model, written
+    atomically) and ``out_dir/saved_model/`` (``model.export``). Returns the model path."""
+    path = os.path.join(os.fspath(out_dir), filename)
+    with atomic_output(path, overwrite=True) as tmp:
+        model.save(tmp, overwrite=True)
+    model.export(os.path.join(os.fspath(out_dir), "saved_model"), overwrite=True)
+    return path
+
+
+def write_json(path, data):
+    """Write ``data`` as indented JSON to ``path`` atomically (replacing it)."""
     with atomic_output(path, overwrite=True) as tmp:
         with open(tmp, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
@@ -249,7 +260,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.state["history"].append({"epoch": epoch + 1, **record})
         self.state["epoch"] = epoch + 1
         self.state["checkpoint"] = name
-        _write_json(os.path.join(self.ckpt_dir, STATE_FILE), self.state)
+        write_json(os.path.join(self.ckpt_dir, STATE_FILE), self.state)
         for old in glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.keras")):
             if os.path.basename(old) != name:
                 os.remove(old)
@@ -513,10 +524,8 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
     train_seconds = time.perf_counter() - t0
 
     # ---------------------------------------------------------- final outputs
-    model_path = os.path.join(out_dir, "vae.keras")
-    with atomic_output(model_path, overwrite=True) as tmp:
-        vae.save(tmp, overwrite=True)
-    export_path = vae.export(os.path.join(out_dir, "saved_model"), overwrite=True)
+    save_trained_model(vae, out_dir, "vae.keras")
+    export_path = os.path.join(out_dir, "saved_model")
 
     chi2, elbo, kl, (orig, recon, noise) = _heldout_statistics(vae, heldout, batch_size, num_plot)
     npix = size * size
@@ -555,7 +564,7 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
                   "prior_samples": os.path.basename(samples_png),
                   "checkpoint": os.path.join(CHECKPOINT_DIR, STATE_FILE)},
     }
-    _write_json(os.path.join(out_dir, "report.json"), report)
+    write_json(os.path.join(out_dir, "report.json"), report)
     if progress:
         print(f"train_vae: {report['epochs']} epochs; held-out chi2/pixel median {p50:.3f} "
               f"(16-84%: {p16:.3f}-{p84:.3f}); within the noise: "
@@ -584,7 +593,7 @@ class _StepCheckpoint(keras.callbacks.Callback):
         self.state["history"].append({"step": step, **record})
         self.state["step"] = step
         self.state["checkpoint"] = name
-        _write_json(os.path.join(self.ckpt_dir, STATE_FILE), self.state)
+        write_json(os.path.join(self.ckpt_dir, STATE_FILE), self.state)
         for old in glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.keras")):
             if os.path.basename(old) != name:
                 os.remove(old)
