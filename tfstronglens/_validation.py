@@ -18,6 +18,7 @@ __all__ = [
     "as_tensor",
     "is_concrete",
     "check_positive",
+    "check_at_most",
     "check_finite",
     "broadcast_shapes",
 ]
@@ -72,6 +73,16 @@ def check_positive(value, name: str, allow_zero: bool = False):
         kind = "non-negative" if allow_zero else "positive"
         shown = arr.ravel()[np.argmin(arr.ravel())].item()  # a plain number, not array(..)
         raise ValueError(f"{name} must be {kind}, got {shown!r}")
+
+
+def check_at_most(value, limit: float, name: str):
+    """Raise ``ValueError`` if a concrete ``value`` exceeds ``limit`` anywhere."""
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    if not np.all(arr <= limit):
+        shown = arr.ravel()[np.argmax(arr.ravel())].item()
+        raise ValueError(f"{name} must be at most {limit}, got {shown!r}")
 
 
 def as_tensor(value, dtype, name: str, check: bool = True) -> tf.Tensor:

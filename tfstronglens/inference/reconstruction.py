@@ -109,32 +109,57 @@ def pixelated_inversion(operator: SourceOperator, image, noise, psf, lens,
     and relative), every ``lambda``'s ``chi^2`` per pixel and the CG residual.
     """
     rel = np.logspace(-2, 3, 11) if lambdas is None else np.asarray(lambdas, np.float64)
-    n = operator.source.num_pix
-    d = tf.constant(image, tf.float32)[None]
-    inv_var = tf.constant(1.0 / noise**2, tf.float32)[None]
-    kernel = tf.constant(psf, tf.float32)
-    lens = tf.constant(lens, tf.float32)
+    solve = _inversion_solver(operator, int(max_iterations))
+    x, chi2, lam0, resid = (t.numpy() for t in solve(
+        tf.constant(image, tf.float32)[None], tf.constant(1.0 / noise**2, tf.float32)[None],
+        tf.constant(psf, tf.float32), tf.constant(lens, tf.float32),
+        tf.constant(rel, tf.float32)))
+    k = int(np.argmin(np.abs(chi2 - 1.0)))
+    return x[k], {"lambda": float(rel[k] * lam0), "lambda_relative": float(rel[k]),
+                  "lambda_0": float(lam0), "chi2_per_pixel_by_lambda":
+                  {f"{v:.3g}": float(c) for v, c in zip(rel, chi2)},
+                  "cg_relative_residual": float(resid[k])}
 
-    def grad_op(s):
-        gx = s[..., :, 1:] - s[..., :, :-1]
-        gy = s[..., 1:, :] - s[..., :-1, :]
-        # G^T G s: the negative discrete Laplacian with free (Neumann) edges
-        out = tf.pad(-gx, [[0, 0], [0, 0], [1, 0]]) + tf.pad(gx, [[0, 0], [0, 0], [0, 1]])
-        out += tf.pad(-gy, [[0, 0], [1, 0], [0, 0]]) + tf.pad(gy, [[0, 0], [0, 1], [0, 0]])
-        return -out
+
+# One compiled solver per operator configuration and iteration count: the data, noise, PSF,
+# lens and lambdas are arguments, so fitting many lenses of one survey compiles once
+# instead of once per lens (each compilation holds on to its XLA executable).
+_SOLVERS: dict = {}
+
+
+def _operator_key(operator: SourceOperator, max_iterations: int) -> tuple:
+    grid = operator.grid.get_config()
+    return (tuple(sorted(grid.items())), operator.lens_models, operator.source.num_pix,
+            float(operator.source.pixel_scale), max_iterations)
+
+
+def _laplacian(s):
+    """``G^T G s`` for forward differences ``G``: minus the discrete Laplacian of ``[L, n, n]``
+    maps with free (Neumann) edges."""
+    gx = s[..., :, 1:] - s[..., :, :-1]
+    gy = s[..., 1:, :] - s[..., :-1, :]
+    out = tf.pad(-gx, [[0, 0], [0, 0], [1, 0]]) + tf.pad(gx, [[0, 0], [0, 0], [0, 1]])
+    out += tf.pad(-gy, [[0, 0], [1, 0], [0, 0]]) + tf.pad(gy, [[0, 0], [0, 1], [0, 0]])
+    return -out
+
+
+def _inversion_solver(operator: SourceOperator, max_iterations: int):
+    key = _operator_key(operator, max_iterations)
+    if key in _SOLVERS:
+        return _SOLVERS[key]
+    n = operator.source.num_pix
 
     @tf.function(jit_compile=True, autograph=False)
-    def solve(rel_lams):
+    def solve(d, inv_var, kernel, lens, rel_lams):
         rays = operator.trace(lens)
-        L = rel_lams.shape[0]
-        like = tf.zeros([L, n, n])
+        like = tf.zeros([rel_lams.shape[0], n, n])
         ata = lambda s: operator.adjoint(operator.forward(s, rays, kernel) * inv_var,  # noqa: E731
                                          rays, kernel, like=like)
         # lambda_0: the mean of diag(A^T N^-1 A), estimated from A^T N^-1 A 1 / ...: the
         # exact mean diagonal is sum_p W_p sum_j A_pj^2 / n^2 <= this row-sum estimate
         lam0 = tf.reduce_mean(ata(tf.ones([1, n, n]))[:1])
-        lams = tf.cast(rel_lams, tf.float32) * lam0
-        op = lambda s: ata(s) + lams[:, None, None] * grad_op(s)  # noqa: E731
+        lams = rel_lams * lam0
+        op = lambda s: ata(s) + lams[:, None, None] * _laplacian(s)  # noqa: E731
         b = operator.adjoint(d * inv_var, rays, kernel, like=like)
         x = tf.zeros_like(b)
         r = b - op(x)
@@ -156,12 +181,8 @@ def pixelated_inversion(operator: SourceOperator, image, noise, psf, lens,
         chi2 = tf.reduce_mean(tf.square(d - model) * inv_var, [1, 2])
         return x, chi2, lam0, tf.sqrt(rs / tf.reduce_sum(b * b, [1, 2]))
 
-    x, chi2, lam0, resid = (t.numpy() for t in solve(tf.constant(rel, tf.float32)))
-    k = int(np.argmin(np.abs(chi2 - 1.0)))
-    return x[k], {"lambda": float(rel[k] * lam0), "lambda_relative": float(rel[k]),
-                  "lambda_0": float(lam0), "chi2_per_pixel_by_lambda":
-                  {f"{v:.3g}": float(c) for v, c in zip(rel, chi2)},
-                  "cg_relative_residual": float(resid[k])}
+    _SOLVERS[key] = solve
+    return solve
 
 
 def _rim(image, noise, psf, lens_list, pixel_scale, lens_models, supersample, model,
@@ -189,7 +210,7 @@ def _pixelated(image, noise, psf, lens_list, pixel_scale, lens_models, supersamp
     op = SourceOperator(PixelGrid(image.shape[0], pixel_scale, supersample), list(lens_models),
                         source_num_pix, source_pixel_scale)
     lens = op.pack(lens_list)
-    pixelated_inversion(op, image, noise, psf, lens, max_iterations=2)  # compile
+    pixelated_inversion(op, image, noise, psf, lens)  # compile (once per configuration)
     t0 = time.perf_counter()
     source, details = pixelated_inversion(op, image, noise, psf, lens)
     return source, source_pixel_scale, op, lens, time.perf_counter() - t0, details

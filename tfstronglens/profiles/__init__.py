@@ -3,9 +3,11 @@
 from .base import PROFILE_REGISTRY, LightProfile, MassProfile, Profile, get_profile
 from .epl import EPL
 from .light import Gaussian, Sersic, SersicEllipse
+from .multipole import EllipticalMultipole, Multipole
 from .nfw import NFW
 from .pixelated_convergence import PixelatedConvergence
 from .pixelated_source import PixelatedSource
+from .pjaffe import PseudoJaffe
 from .point_mass import PointMass
 from .shear import Shear
 from .sie import SIE
@@ -25,6 +27,9 @@ __all__ = [
     "PointMass",
     "NFW",
     "TNFW",
+    "Multipole",
+    "EllipticalMultipole",
+    "PseudoJaffe",
     "Sersic",
     "SersicEllipse",
     "Gaussian",

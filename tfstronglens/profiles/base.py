@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .._validation import as_tensor, broadcast_shapes, check_positive, resolve_dtype
+from .._validation import (as_tensor, broadcast_shapes, check_at_most, check_positive,
+                           resolve_dtype)
 
 __all__ = ["Profile", "MassProfile", "LightProfile", "PROFILE_REGISTRY", "get_profile"]
 
@@ -43,7 +44,9 @@ class Profile:
     * ``param_names``: every accepted parameter, in canonical order;
     * ``defaults``: values of optional parameters (e.g. ``center_x = 0``);
     * ``positive_params``: parameters that must be > 0;
-    * ``param_event_ndims``: number of trailing event dimensions of non-scalar parameters.
+    * ``param_event_ndims``: number of trailing event dimensions of non-scalar parameters;
+    * ``upper_bounds``: inclusive upper limits of parameters that have one (e.g. an axis
+      ratio ``q <= 1``).
     """
 
     name: str = ""
@@ -52,6 +55,7 @@ class Profile:
     positive_params: tuple = ()
     nonnegative_params: tuple = ()
     param_event_ndims: dict = {}
+    upper_bounds: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -98,6 +102,8 @@ class Profile:
                 check_positive(value, pname)
             if check and pname in self.nonnegative_params:
                 check_positive(value, pname, allow_zero=True)
+            if check and pname in self.upper_bounds:
+                check_at_most(value, self.upper_bounds[pname], pname)
             ndims = self.param_event_ndims.get(pname, 0)
             if ndims and tensor.shape.rank is not None and tensor.shape.rank < ndims:
                 raise ValueError(
