@@ -203,11 +203,21 @@ def test_fit_lens_neutra_samples_the_posterior_through_the_flow(simulated, map_f
 
 
 # ------------------------------------------------------------------ CLI
-def test_fit_cli_map(tmp_path, simulated, capsys):
+SPEC = {"lens": [{"profile": "SIE"}, {"profile": "SHEAR"}], "source": "sersic",
+        "priors": {"lens.0.theta_E": {"uniform": [0.3, 1.5]}}}
+
+
+@pytest.mark.parametrize("how", ["shorthand", "spec"])
+def test_fit_cli_map(tmp_path, simulated, capsys, how):
     _, _, path = simulated
     out = tmp_path / "fit"
+    if how == "spec":
+        json.dump(SPEC, open(tmp_path / "model.json", "w"))
+        what = ["--model", str(tmp_path / "model.json")]
+    else:
+        what = ["--lens", "sie+shear", "--source", "sersic"]
     args = [
-        "fit", path, "--lens", "sie+shear", "--source", "sersic", "--method", "map",
+        "fit", path, *what, "--method", "map",
         "--num-starts", "8", "--map-steps", "100", "--map-polish-steps", "3", "--out",
         str(out), "--no-progress", "--no-xla",
     ]
@@ -215,7 +225,11 @@ def test_fit_cli_map(tmp_path, simulated, capsys):
     printed = capsys.readouterr().out
     assert "lens.0.theta_E" in printed
     summary = json.load(open(out / "summary.json"))
-    assert summary["settings"]["lens"] == "sie+shear"
+    if how == "spec":
+        assert summary["settings"]["model"]["priors"] == SPEC["priors"]
+        assert 0.3 <= summary["parameters"]["lens.0.theta_E"]["mean"] <= 1.5
+    else:
+        assert summary["settings"]["lens"] == "sie+shear"
     assert summary["settings"]["pixel_scale"] == pytest.approx(PIX)
     assert summary["settings"]["map_polish_steps"] == 3
     assert "lens.0.theta_E" in summary["parameters"]
@@ -223,6 +237,22 @@ def test_fit_cli_map(tmp_path, simulated, capsys):
     # a non-empty output directory is refused without --overwrite
     assert main(args) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_fit_cli_model_spec_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"lens": "sie+shear", "subhalos": 1}))
+    base = ["fit", "x.fits", "--out", str(tmp_path / "o"), "--noise-rms", "0.1"]
+    assert main(base + ["--model", str(bad)]) == 2
+    assert "needs z_lens and z_source" in capsys.readouterr().err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"lens": "sie+shear"}))
+    assert main(base + ["--model", str(good), "--source", "sersic"]) == 2
+    assert "drop ['--source']" in capsys.readouterr().err
+    assert main(base + ["--model", str(good), "--lens", "sie+shear"]) == 2  # exclusive
+    assert "not allowed with" in capsys.readouterr().err
+    assert main(base + ["--lens", "sie+shear"]) == 2
+    assert "--source is required" in capsys.readouterr().err
 
 
 def test_fit_cli_bad_input(tmp_path, capsys):

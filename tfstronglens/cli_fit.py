@@ -16,7 +16,6 @@ __all__ = ["add_parsers"]
 _count = _positive_int(10**9)
 _non_negative = _seed
 
-_LENSES = ("sie+shear", "epl+shear")
 _SOURCES = ("vae", "sersic", "pixelated", "rim")
 _METHODS = ("map", "vi", "hmc")
 
@@ -85,15 +84,27 @@ def add_parsers(sub):
                     "e-/s per pixel.",
     )
     add_image_args(fit)
-    fit.add_argument("--lens", choices=_LENSES, required=True, help="main deflector")
+    from .inference.spec import LENS_SHORTHANDS
+
+    what = fit.add_mutually_exclusive_group(required=True)
+    what.add_argument("--lens", choices=sorted(LENS_SHORTHANDS),
+                      help="main deflector; +m4, +m3m4, +m1m3m4 add circular multipoles of "
+                           "those orders centred on it")
+    what.add_argument("--model", metavar="MODEL.json",
+                      help="the whole model as a JSON spec (lens components, lens light, "
+                           "source, subhalos, redshifts, priors; see "
+                           "tfstronglens.inference.spec); replaces --lens, --lens-light, "
+                           "--source, --subhalos, --z-lens and --z-source")
     fit.add_argument("--lens-light", choices=("sersic", "none"), default="none",
                      help="lens light model (default: %(default)s)")
     fit.add_argument("--subhalos", type=_non_negative, default=0, metavar="N",
                      help="number of candidate TNFW subhalos; with N >= 1 the one-subhalo "
                           "detection test is also run (default: 0)")
-    fit.add_argument("--z-lens", type=_positive_float, default=0.5, metavar="Z")
-    fit.add_argument("--z-source", type=_positive_float, default=2.0, metavar="Z")
-    fit.add_argument("--source", choices=_SOURCES, required=True,
+    fit.add_argument("--z-lens", type=_positive_float, default=None, metavar="Z",
+                     help="lens redshift (default: 0.5)")
+    fit.add_argument("--z-source", type=_positive_float, default=None, metavar="Z",
+                     help="source redshift (default: 2.0)")
+    fit.add_argument("--source", choices=_SOURCES, default=None,
                      help="vae: the pretrained VAE decoder (latent z ~ N(0, I)); sersic; "
                           "pixelated: a pixel grid with a smoothness prior; rim: the source "
                           "the shipped RIM reconstructs for each trial lens (no source "
@@ -171,8 +182,32 @@ def _print_summary(result):
     print(format_summary(rows))
 
 
+def _apply_model_spec(args):
+    """``--model MODEL.json``: the spec's fields replace the model options; None otherwise.
+    Without it ``--source`` is required."""
+    from .inference.spec import ModelSpec
+
+    if args.model is None:
+        if args.source is None:
+            raise ValueError("--source is required (or give the whole model with --model)")
+        return None
+    spec = ModelSpec.from_json(args.model)
+    given = [f"--{k.replace('_', '-')}" for k, default in
+             (("lens_light", "none"), ("source", None), ("subhalos", 0), ("z_lens", None),
+              ("z_source", None)) if getattr(args, k) != default]
+    if given:
+        raise ValueError(f"--model {args.model} gives the whole model: drop {given}")
+    args.source = spec.source
+    args.subhalos = spec.subhalos.count
+    args.z_lens, args.z_source = spec.z_lens, spec.z_source
+    args.lens_light = "none" if not spec.lens_light else "spec"
+    return spec
+
+
 def _fit(args) -> int:
     from .inference import build_model, fit_lens, write_fit_outputs
+
+    spec = _apply_model_spec(args)
 
     if args.source == "rim" and args.method != "map":
         raise ValueError(f"--source rim gives a point estimate of the source: use --method "
@@ -209,10 +244,13 @@ def _fit(args) -> int:
     # One traced/compiled value-and-gradient for MAP, VI (16 ELBO draws a step), Laplace
     # and detection, instead of one per batch size (tens of seconds each).
     kwargs["compile_batch_size"] = min(16, args.num_starts)
-    model = build_model(obs, obs_img.data, lens=args.lens, source=source,
-                        lens_light=None if args.lens_light == "none" else "sersic",
-                        num_subhalos=args.subhalos, z_lens=args.z_lens,
-                        z_source=args.z_source, noise_map=obs_img.noise_map,
+    if spec is not None:
+        kwargs.update(spec.model_kwargs())
+    else:
+        kwargs.update(lens=args.lens, num_subhalos=args.subhalos,
+                      lens_light=None if args.lens_light == "none" else "sersic",
+                      z_lens=args.z_lens or 0.5, z_source=args.z_source or 2.0)
+    model = build_model(obs, obs_img.data, source=source, noise_map=obs_img.noise_map,
                         # the RIM's network runs faster on TF's own kernels than under
                         # XLA:CPU, and its physics is XLA-compiled inside it anyway
                         jit_compile=not args.no_xla and args.source != "rim", **kwargs)
@@ -232,9 +270,11 @@ def _fit(args) -> int:
     result = fit_lens(model, **_fit_kwargs(args), map_init=map_init,
                       checkpoint=os.path.join(args.out, "hmc_checkpoint.npz"))
     settings = {"image": os.path.abspath(args.image), "lens": args.lens,
+                "model": None if spec is None else spec.to_dict(),
                 "lens_light": args.lens_light, "source": args.source,
                 "source_init": args.source_init,
-                "subhalos": args.subhalos, "z_lens": args.z_lens, "z_source": args.z_source,
+                "subhalos": args.subhalos, "z_lens": args.z_lens or 0.5,
+                "z_source": args.z_source or 2.0,
                 "pixel_scale": obs.pixel_scale, "notes": obs_img.notes}
     paths = write_fit_outputs(result, args.out, overwrite=True, extra_settings=settings)
     _print_summary(result)

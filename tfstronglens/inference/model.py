@@ -32,9 +32,11 @@ from ..lensing.simulator import Simulator
 from ..observation.cosmology import LensCosmology
 from ..observation.observation import Observation
 from ..observation.subhalos import subhalo_lens_kwargs, unstack_lens_kwargs
-from ..profiles.base import LightProfile, MassProfile, get_profile
+from ..profiles.base import LightProfile, get_profile
 from ..profiles.pixelated_source import PixelatedSource
 from ._util import as_seed, positive_float, positive_int
+from .spec import (LENS_SHORTHANDS, ROLE_PRIORS, ComponentSpec, build_prior, check_prior,
+                   check_support, expand_lens)
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -42,7 +44,7 @@ tfb = tfp.bijectors
 __all__ = ["LensModel", "build_model", "log_uniform", "LENS_MODELS", "SOURCE_MODELS",
            "LENS_LIGHT_MODELS", "SUBHALO_PROFILES"]
 
-LENS_MODELS = ("sie+shear", "epl+shear")
+LENS_MODELS = tuple(LENS_SHORTHANDS)
 SOURCE_MODELS = ("sersic", "pixelated")
 LENS_LIGHT_MODELS = ("sersic",)
 SUBHALO_PROFILES = ("TNFW", "POINT_MASS")
@@ -269,17 +271,21 @@ class LensModel:
         self.num_subhalos = positive_int(num_subhalos, "num_subhalos", minimum=0)
 
         # ------------------------------------------------------ components
-        lens_key = str(lens).lower()
-        if lens_key not in LENS_MODELS:
-            raise ValueError(f"lens must be one of {LENS_MODELS}, got {lens!r}")
-        self.lens_model = lens_key
-        main = get_profile("EPL" if lens_key == "epl+shear" else "SIE", dtype=dt)
-        lens_profiles = [main, get_profile("SHEAR", dtype=dt)]
+        self.lens_model = lens.lower() if isinstance(lens, str) else "custom"
+        self.lens_components = expand_lens(lens, "lens")
+        n_main = len(self.lens_components)
+        lens_profiles = [c.make_profile(dt, f"lens[{i}]")
+                         for i, c in enumerate(self.lens_components)]
 
         self.subhalo_profile = str(subhalo_profile).upper()
         if self.subhalo_profile not in SUBHALO_PROFILES:
             raise ValueError(f"subhalo_profile must be one of {SUBHALO_PROFILES}, got "
                              f"{subhalo_profile!r}")
+        if (self.num_subhalos and self.subhalo_profile == "TNFW"
+                and "theta_E" not in lens_profiles[0].param_names):
+            raise ValueError(f"TNFW subhalos are truncated in the tidal field of the main "
+                             f"deflector lens[0], which needs a theta_E; "
+                             f"{lens_profiles[0].name} has none")
         sub_prof = get_profile(self.subhalo_profile, dtype=dt)
         lens_profiles += [sub_prof] * self.num_subhalos
         self.lens_cosmology = None
@@ -341,13 +347,25 @@ class LensModel:
             raise ValueError(f"source parameters {other_event} have event dimensions; only a "
                              "vector 'z' (latent) or a PixelatedSource image is supported")
         if lens_light is None:
+            self.lens_light_components = ()
             light_profiles = []
         elif isinstance(lens_light, str):
             if lens_light.lower() not in LENS_LIGHT_MODELS:
-                raise ValueError(f"lens_light must be None, one of {LENS_LIGHT_MODELS} or a "
-                                 f"LightProfile instance, got {lens_light!r}")
+                raise ValueError(f"lens_light must be None, one of {LENS_LIGHT_MODELS}, a list "
+                                 f"of components or a LightProfile instance, got {lens_light!r}")
+            self.lens_light_components = (ComponentSpec("SERSIC_ELLIPSE"),)
             light_profiles = [get_profile("SERSIC_ELLIPSE", dtype=dt)]
+        elif isinstance(lens_light, (list, tuple)):
+            self.lens_light_components = tuple(
+                ComponentSpec.from_any(c, f"lens_light[{i}]") for i, c in enumerate(lens_light))
+            light_profiles = [c.make_profile(dt, f"lens_light[{i}]")
+                              for i, c in enumerate(self.lens_light_components)]
+            for i, prof in enumerate(light_profiles):
+                if not isinstance(prof, LightProfile):
+                    raise ValueError(f"lens_light[{i}].profile: {prof.name} is not a light "
+                                     "profile")
         else:
+            self.lens_light_components = ()
             light_profiles = [_as_profile(lens_light, LightProfile, "lens_light", dt)]
         grid = observation.grid(positive_int(supersample, "supersample"))
         if self.source_model == "rim":
@@ -361,7 +379,7 @@ class LensModel:
         self.simulator = Simulator(grid,
                                    lens=lens_profiles, source=[src], lens_light=light_profiles,
                                    psf=observation.psf, jit_compile=bool(jit_compile))
-        self._components = {"lens": lens_profiles[:2], "lens_light": light_profiles,
+        self._components = {"lens": lens_profiles[:n_main], "lens_light": light_profiles,
                             "source": [src]}
 
         # ------------------------------------------------------- noise, mask, data
@@ -393,32 +411,12 @@ class LensModel:
 
     # ================================================================ parameters
     def _default_prior(self, kind, prof, pname):
-        dt = self.dtype
-        F, A = self.field_of_view, self.amp_scale
-        c = lambda v: tf.constant(v, dt)  # noqa: E731
-        if pname in ("e1", "e2"):
-            return tfd.TruncatedNormal(c(0.0), c(0.2), c(-0.45), c(0.45))
-        if pname == "n_sersic":
-            return tfd.Uniform(c(0.5), c(6.0))
-        if kind == "lens":
-            table = {"theta_E": lambda: tfd.Uniform(c(0.05 * F), c(0.5 * F)),
-                     "gamma": lambda: tfd.Uniform(c(1.5), c(2.5)),
-                     "center_x": lambda: tfd.Normal(c(0.0), c(0.1)),
-                     "center_y": lambda: tfd.Normal(c(0.0), c(0.1)),
-                     "gamma1": lambda: tfd.Normal(c(0.0), c(0.05)),
-                     "gamma2": lambda: tfd.Normal(c(0.0), c(0.05))}
-        elif kind == "lens_light":
-            table = {"amp": lambda: log_uniform(1e-3 * A, 1e2 * A, dt),
-                     "R_sersic": lambda: log_uniform(0.02 * F, 0.5 * F, dt),
-                     "center_x": lambda: tfd.Normal(c(0.0), c(0.1)),
-                     "center_y": lambda: tfd.Normal(c(0.0), c(0.1))}
-        else:
-            table = {"amp": lambda: log_uniform(1e-3 * A, 1e3 * A, dt),
-                     "R_sersic": lambda: log_uniform(0.005 * F, 0.25 * F, dt),
-                     "center_x": lambda: tfd.Normal(c(0.0), c(0.25)),
-                     "center_y": lambda: tfd.Normal(c(0.0), c(0.25))}
-        make = table.get(pname)
-        return None if make is None else make()
+        """The profile's own default prior for ``pname``, else its role's
+        (:data:`~tfstronglens.inference.spec.ROLE_PRIORS`), else None."""
+        spec = prof.default_priors().get(pname) or ROLE_PRIORS[kind].get(pname)
+        if spec is None:
+            return None
+        return build_prior(spec, self.dtype, fov=self.field_of_view, amp=self.amp_scale)
 
     def _pixelated_prior(self, prof):
         kind, scale, smooth = self._source_prior_args
@@ -463,6 +461,28 @@ class LensModel:
         if not isinstance(fixed, dict):
             raise ValueError(f"fixed must be a dict name -> value, got {fixed!r}")
         names = self._all_names()
+        priors, fixed = dict(priors), dict(fixed)
+        tied = {}
+        for kind, comps in (("lens", self.lens_components),
+                            ("lens_light", self.lens_light_components)):
+            for i, comp in enumerate(comps):
+                for key, src in (("priors", comp.priors), ("fixed", comp.fixed),
+                                 ("tied", comp.tied)):
+                    for pname, value in src.items():
+                        full = f"{kind}.{i}.{pname}"
+                        if full not in names:
+                            raise ValueError(f"{kind}[{i}].{key}: {comp.profile} has no "
+                                             f"parameter {pname!r}; it has "
+                                             f"{list(self._components[kind][i].param_names)}")
+                        {"priors": priors, "fixed": fixed, "tied": tied}[key][full] = value
+        for name, target in tied.items():
+            if target not in names or target in tied:
+                raise ValueError(f"{name} is tied to {target!r}, which is not an untied "
+                                 f"parameter of this model")
+            if name in priors or name in fixed:
+                raise ValueError(f"{name} is tied to {target!r} and also given a prior or a "
+                                 "fixed value")
+        self.tied = tied
         for what, d in (("priors", priors), ("fixed", fixed)):
             unknown = sorted(set(d) - set(names))
             if unknown:
@@ -482,13 +502,19 @@ class LensModel:
             self.fixed[name] = tf.constant(arr)
         params = []
         for name, target in names.items():
-            if name in self.fixed:
+            if name in self.fixed or name in tied:
                 continue
             kind, i, pname = target
             if kind == "source" and self.source_model == "rim":
                 continue  # reconstructed from the data at every evaluation
             if name in priors:
                 dist = priors[name]
+                if isinstance(dist, dict):  # a prior spec (see inference.spec)
+                    spec = check_prior(dist, f"priors[{name!r}]")
+                    if kind in self._components:
+                        check_support(spec, self._components[kind][i], pname,
+                                      f"priors[{name!r}]")
+                    dist = build_prior(spec, dt, fov=self.field_of_view, amp=self.amp_scale)
                 if not isinstance(dist, tfd.Distribution):
                     raise ValueError(f"priors[{name!r}] must be a tfp.distributions."
                                      f"Distribution, got {dist!r}")
@@ -528,7 +554,7 @@ class LensModel:
                 if has_default:
                     continue  # stays at the profile's default value
                 raise ValueError(f"parameter {name!r} of {type(prof).__name__} has no default "
-                                 "prior: give one in priors= or a value in fixed=")
+                                 "prior: give one in priors=, a value in fixed= or tie it")
             params.append(_Param(name, dist, target))
         self._params = params
         self.parameters = [p.name for p in params]
@@ -656,6 +682,8 @@ class LensModel:
         all_names = self._all_names()
         for name, v in self.fixed.items():
             values[all_names[name]] = v
+        for name, target in self.tied.items():
+            values[all_names[name]] = values[all_names[target]]
 
         def comp(kind, i):
             prof = self._components[kind][i]
@@ -668,8 +696,8 @@ class LensModel:
                     kw[pname] = values[(kind, i, pname)]
             return kw
 
-        main = comp("lens", 0)
-        lens = [main, comp("lens", 1)]
+        lens = [comp("lens", i) for i in range(len(self._components["lens"]))]
+        main = lens[0]
         if self.num_subhalos:
             get = lambda k, p: values[("subhalo", k, p)]  # noqa: E731
             stack = lambda p: tf.stack([tf.convert_to_tensor(get(k, p)) +  # noqa: E731

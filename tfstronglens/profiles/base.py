@@ -70,6 +70,12 @@ class Profile:
     def required_params(self) -> tuple:
         return tuple(p for p in self.param_names if p not in self.defaults)
 
+    def default_priors(self) -> dict:
+        """Default priors of this profile's parameters as prior specs
+        (:mod:`tfstronglens.inference.spec`), used when a model has no prior for them and
+        the parameter's role (lens, lens light, source) has none either. Empty here."""
+        return {}
+
     def get_config(self) -> dict:
         """Static settings needed to rebuild the profile with ``get_profile(**config)``."""
         return {"name": self.name, "dtype": self.dtype.name}

@@ -39,6 +39,11 @@ def _check_order(m, allowed=None):
     return int(m)
 
 
+def _multipole_priors(m) -> dict:
+    half_period = math.pi / m
+    return {"a_m": {"uniform": [0.0, 0.1]}, "phi_m": {"uniform": [-half_period, half_period]}}
+
+
 def _polar(x, y, center_x, center_y):
     """``(r, cos(phi), sin(phi))`` of ``(x, y)`` about the centre; at the exact centre the
     direction is set to ``phi = 0`` and ``r`` to a tiny floor, so that values and gradients
@@ -112,6 +117,7 @@ class Multipole(MassProfile):
     param_names = ("a_m", "phi_m", "center_x", "center_y", "r_E")
     defaults = {"center_x": 0.0, "center_y": 0.0, "r_E": 1.0}
     positive_params = ("r_E",)
+    nonnegative_params = ("a_m",)
 
     def __init__(self, m: int = 4, dtype=tf.float32):
         super().__init__(dtype=dtype)
@@ -119,6 +125,11 @@ class Multipole(MassProfile):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "m": self.m}
+
+    def default_priors(self) -> dict:
+        """``a_m`` uniform in [0, 0.1] arcsec (a fractional amplitude up to ~10% of a 1"
+        lens), ``phi_m`` uniform over one period ``2 pi / m``."""
+        return _multipole_priors(self.m)
 
     def _all(self, x, y, a_m, phi_m, center_x, center_y, r_E):
         r, c, s = _polar(x, y, center_x, center_y)
@@ -279,6 +290,7 @@ class EllipticalMultipole(MassProfile):
     param_names = ("a_m", "phi_m", "q", "center_x", "center_y", "r_E")
     defaults = {"center_x": 0.0, "center_y": 0.0, "r_E": 1.0}
     positive_params = ("q", "r_E")
+    nonnegative_params = ("a_m",)
     upper_bounds = {"q": 1.0}
 
     def __init__(self, m: int = 4, dtype=tf.float32):
@@ -287,6 +299,10 @@ class EllipticalMultipole(MassProfile):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "m": self.m}
+
+    def default_priors(self) -> dict:
+        """As :class:`Multipole` (``q`` has none: fix or tie it to the main lens')."""
+        return _multipole_priors(self.m)
 
     def _all(self, x, y, a_m, phi_m, q, center_x, center_y, r_E):
         f64 = [tf.cast(t, tf.float64) for t in (x, y, a_m, phi_m, q, center_x, center_y, r_E)]
