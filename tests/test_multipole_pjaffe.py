@@ -182,3 +182,46 @@ def test_bad_input_names_the_argument():
         tsl.PseudoJaffe().deflection(1.0, 0.0, sigma0=0.1, Ra=0.0, Rs=0.3)
     with pytest.raises(ValueError, match="unknown parameter.*'m'"):
         tsl.Multipole().deflection(1.0, 0.0, a_m=0.1, phi_m=0.0, m=4)
+
+
+@pytest.mark.parametrize("profile", ["PJAFFE", "SIS"])
+def test_pjaffe_and_sis_subhalos_carry_their_stated_mass(profile):
+    """subhalo_lens_kwargs: a PJAFFE subhalo of mass M has total projected mass M (R alpha(R)
+    -> b r_t far away); an SIS one has M inside its tidal radius r_t = sqrt(b theta_E_host);
+    both have the same b; masked slots deflect nothing. A LensModel with such subhalos
+    renders them."""
+    from tfstronglens.observation import subhalo_lens_kwargs
+
+    lc = tsl.LensCosmology(0.5, 2.0)
+    masses = np.array([1e8, 2e9, 5e10, 1e9])
+    sample = {"mass": masses, "center_x": np.zeros(4), "center_y": np.zeros(4),
+              "mask": np.array([True, True, True, False])}
+    kw = subhalo_lens_kwargs(sample, lc, profile, theta_E_host=1.2, as_list=True)
+    prof = tsl.get_profile(profile, dtype=F64)
+    for k, m in enumerate(masses):
+        p = {n: float(v) for n, v in kw[k].items()}
+        if profile == "PJAFFE":
+            b, rt, R = 2 * p["sigma0"] * p["Ra"], p["Rs"], 1e5
+        else:
+            b = p["theta_E"]
+            R = rt = np.sqrt(b * 1.2)
+        ax = prof.deflection(np.array([R]), 0.0, **p)[0].numpy()[0]
+        if k == 3:
+            assert abs(ax) < 1e-12
+            continue
+        np.testing.assert_allclose(float(lc.point_mass_mass(np.sqrt(R * ax))), m, rtol=1e-4)
+        np.testing.assert_allclose(rt, np.sqrt(b * 1.2), rtol=1e-6)
+    obs = tsl.Observation(32, 0.05, 2000.0, background_rms=0.05)
+    from tfstronglens.inference import LensModel
+
+    model = LensModel(obs, "sie+shear", "sersic", num_subhalos=1, subhalo_profile=profile,
+                      amp_scale=10.0, jit_compile=False)
+    params = model.sample_prior(1, seed=2)
+    params.update({"source.0.amp": tf.constant([30.0]), "source.0.center_x": tf.constant([0.0]),
+                   "source.0.center_y": tf.constant([0.0]),
+                   "lens.0.theta_E": tf.constant([0.5]),
+                   "subhalo.0.center_x": tf.constant([0.5]),
+                   "subhalo.0.center_y": tf.constant([0.0])})
+    heavy = model.render({**params, "subhalo.0.mass": tf.constant([1e10])}).numpy()
+    light = model.render({**params, "subhalo.0.mass": tf.constant([1e7])}).numpy()
+    assert np.all(np.isfinite(heavy)) and np.max(np.abs(heavy - light)) > 0.01 * heavy.max()

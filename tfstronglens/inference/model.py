@@ -47,7 +47,9 @@ __all__ = ["LensModel", "build_model", "log_uniform", "LENS_MODELS", "SOURCE_MOD
 LENS_MODELS = tuple(LENS_SHORTHANDS)
 SOURCE_MODELS = ("sersic", "pixelated")
 LENS_LIGHT_MODELS = ("sersic",)
-SUBHALO_PROFILES = ("TNFW", "POINT_MASS")
+SUBHALO_PROFILES = ("TNFW", "POINT_MASS", "PJAFFE", "SIS")
+# subhalo profiles whose parameters depend on the main deflector (tidal truncation)
+_HOST_DEPENDENT = ("TNFW", "PJAFFE", "SIS")
 _OBJECTIVES = ("posterior", "likelihood")
 
 # parameters that stay at the profile's default unless a prior is given for them
@@ -176,7 +178,10 @@ class LensModel:
     Einstein radius is ``lens.0.theta_E`` and whose centre is the lens centre, with the
     projected distance as the 3D distance (Tormen et al. 1998). With
     ``"POINT_MASS"`` the mass is a point mass of Einstein radius
-    ``sqrt(M / (pi Sigma_crit))``. ``lens_cosmology`` defaults to
+    ``sqrt(M / (pi Sigma_crit))``. With ``"PJAFFE"`` (or ``"SIS"``) it is the *total*
+    mass of a truncated-SIS pseudo-Jaffe subhalo (of an SIS, its mass inside the tidal
+    radius) with tidal radius ``sqrt(b theta_E)``, as the gravitational-imaging detections
+    state their masses (:func:`~tfstronglens.observation.subhalo_lens_kwargs`). ``lens_cosmology`` defaults to
     ``LensCosmology(z_lens, z_source, cosmology)`` (0.5, 2.0, Planck18).
 
     #### Likelihood
@@ -211,7 +216,7 @@ class LensModel:
       source: ``"sersic"`` (default), ``"pixelated"`` or a LightProfile instance.
       lens_light: ``None`` (default) or ``"sersic"`` (or a LightProfile instance).
       num_subhalos: number of candidate subhalos (int >= 0).
-      subhalo_profile: ``"TNFW"`` (default) or ``"POINT_MASS"``.
+      subhalo_profile: ``"TNFW"`` (default), ``"POINT_MASS"``, ``"PJAFFE"`` or ``"SIS"``.
       subhalo_mass_range: ``(m_min, m_max)`` in M_sun for the log-uniform mass prior.
       subhalo_region: ``(x_min, x_max, y_min, y_max)`` arcsec for the position prior.
       lens_cosmology, z_lens, z_source, cosmology: the lens cosmology (subhalos only).
@@ -281,9 +286,10 @@ class LensModel:
         if self.subhalo_profile not in SUBHALO_PROFILES:
             raise ValueError(f"subhalo_profile must be one of {SUBHALO_PROFILES}, got "
                              f"{subhalo_profile!r}")
-        if (self.num_subhalos and self.subhalo_profile == "TNFW"
+        if (self.num_subhalos and self.subhalo_profile in _HOST_DEPENDENT
                 and "theta_E" not in lens_profiles[0].param_names):
-            raise ValueError(f"TNFW subhalos are truncated in the tidal field of the main "
+            raise ValueError(f"{self.subhalo_profile} subhalos are truncated in the tidal "
+                             f"field of the main "
                              f"deflector lens[0], which needs a theta_E; "
                              f"{lens_profiles[0].name} has none")
         sub_prof = get_profile(self.subhalo_profile, dtype=dt)
@@ -707,7 +713,7 @@ class LensModel:
             sample = {"mass": mass, "center_x": stack("center_x"),
                       "center_y": stack("center_y"), "mask": tf.ones_like(mass, tf.bool)}
             extra = {}
-            if self.subhalo_profile == "TNFW":
+            if self.subhalo_profile in _HOST_DEPENDENT:
                 ex = lambda v: tf.convert_to_tensor(v, self.dtype)[..., None]  # noqa: E731
                 extra = dict(theta_E_host=ex(main["theta_E"]),
                              host_center_x=ex(main.get("center_x", 0.0)),

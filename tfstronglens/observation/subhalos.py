@@ -736,7 +736,10 @@ def _annulus_log_prob(x, y, r0, r1, cx, cy):
 
 
 # ------------------------------------------------------------ lens parameters
-_PROFILES = ("TNFW", "NFW", "POINT_MASS")
+_PROFILES = ("TNFW", "NFW", "POINT_MASS", "PJAFFE", "SIS")
+# core radius (arcsec) of PJAFFE subhalos: the truncated-SIS limit of the gravitational-
+# imaging papers, with a core far below any pixel so that float32 stays finite at the centre
+PJAFFE_CORE = 1e-4
 
 
 def subhalo_lens_kwargs(sample, lens_cosmology: LensCosmology, profile: str = "TNFW",
@@ -770,6 +773,13 @@ def subhalo_lens_kwargs(sample, lens_cosmology: LensCosmology, profile: str = "T
       distance to ``(host_center_x, host_center_y)``, a lower bound of the true one (so
       the strongest truncation), floored at ``r3d_min`` arcsec.
     * ``"POINT_MASS"``: ``theta_E`` from :meth:`LensCosmology.point_mass_theta_E`.
+    * ``"PJAFFE"`` and ``"SIS"``: ``m`` is the *total* mass of a pseudo-Jaffe (truncated
+      SIS) subhalo, the mass the gravitational-imaging detections quote (Vegetti et al.
+      2010, 2012): ``kappa = b/2 (1/R - 1/sqrt(R^2 + r_t^2))``, total mass
+      ``pi b r_t Sigma_crit``, tidal radius ``r_t = sqrt(b theta_E_host)`` (required), so
+      ``b = (theta_m^2 / sqrt(theta_E_host))^(2/3)`` with ``theta_m`` the point-mass Einstein
+      radius of ``m``. PJAFFE: ``sigma0 = b / (2 Ra)``, ``Ra`` = :data:`PJAFFE_CORE`,
+      ``Rs = r_t``; SIS: ``theta_E = b`` (untruncated; ``m`` is its mass inside ``r_t``).
     """
     if not isinstance(lens_cosmology, LensCosmology):
         raise ValueError(f"lens_cosmology must be a LensCosmology, got {lens_cosmology!r}")
@@ -793,6 +803,20 @@ def subhalo_lens_kwargs(sample, lens_cosmology: LensCosmology, profile: str = "T
         theta = lens_cosmology.point_mass_theta_E(m_safe)
         floor = math.sqrt(np.finfo(dtype.as_numpy_dtype).tiny)
         out["theta_E"] = tf.where(mask, theta, floor * one)
+    elif key in ("PJAFFE", "SIS"):
+        if theta_E_host is None:
+            raise ValueError(f"theta_E_host (Einstein radius of the host, arcsec) is required "
+                             f"for {key} subhalos (their tidal radius), got None")
+        theta_m2 = tf.square(lens_cosmology.point_mass_theta_E(m_safe))
+        host = tf.cast(theta_E_host, dtype) * one
+        b = (theta_m2 / tf.sqrt(host)) ** (2.0 / 3.0)
+        if key == "SIS":
+            floor = math.sqrt(np.finfo(dtype.as_numpy_dtype).tiny)
+            out["theta_E"] = tf.where(mask, b, floor * one)
+        else:
+            out["sigma0"] = tf.where(mask, b / (2.0 * PJAFFE_CORE), tf.zeros_like(b))
+            out["Ra"] = PJAFFE_CORE * one
+            out["Rs"] = tf.where(mask, tf.sqrt(b * host), one)
     else:
         if concentration is None:
             cm = Duffy08Concentration(h=lens_cosmology.h)
