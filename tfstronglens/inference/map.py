@@ -104,12 +104,11 @@ def initial_points(model: LensModel, num_starts: int, seed=None, init=None,
             raise ValueError(f"init has unknown parameter name(s) {unknown}; the model's are "
                              f"{model.parameters}")
         given = np.zeros(D, bool)
-        offsets = np.cumsum([0] + [p.size for p in model._params])
-        for i, p in enumerate(model._params):
-            if p.name in init:
-                v = tf.cast(init[p.name], model.dtype)
-                draws[p.name] = tf.broadcast_to(v, [num_starts] + list(p.event_shape))
-                given[offsets[i]:offsets[i + 1]] = True
+        for block in model.parameter_blocks:
+            if block.name in init:
+                v = tf.cast(init[block.name], model.dtype)
+                draws[block.name] = tf.broadcast_to(v, [num_starts] + list(block.event_shape))
+                given[block.offset:block.offset + block.size] = True
         x = model.to_flat(draws)
         bad = ~np.all(np.isfinite(np.asarray(x)), axis=0)
         if bad.any():
@@ -139,7 +138,7 @@ def _adam_chunk_fn(model, objective, k):
         def body(i, x, m, v, best_x, best_val, hist):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                val = model._unconstrained_impl(x, data, objective)
+                val = model.log_density(x, data, objective)
             g = tape.gradient(val, x)
             x, m, v, best_x, best_val = _step(x, m, v, t0 + tf.cast(i, x.dtype) + 1.0, val, g,
                                               best_x, best_val, lr0, decay_rate)
@@ -208,7 +207,7 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
     """
     if not isinstance(model, LensModel):
         raise ValueError(f"model must be a LensModel, got {model!r}")
-    model._check_objective(objective)
+    obj = model.objective(data, objective)
     S = positive_int(num_starts, "num_starts")
     n_steps = positive_int(num_steps, "num_steps")
     lr0 = positive_float(learning_rate, "learning_rate")
@@ -222,7 +221,7 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
         n_lm_starts = min(S, max(1, _LM_RENDERS_PER_ITERATION // (2 * model.num_params)))
     else:
         n_lm_starts = min(S, positive_int(lm_starts, "lm_starts"))
-    d = model.resolve_data(data)
+    d = obj.data
     dt = model.dtype
     start = time.perf_counter()
     x = initial_points(model, S, seed, init, init_jitter)
@@ -244,7 +243,7 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
             t += k
             bar.update(k)
         else:
-            val, g = model._value_and_grad_2d(x, d, objective)
+            val, g = obj.value_and_gradient(x)
             x, m, v, best_x, best_val = _step_jit(x, m, v, tf.constant(t + 1.0, dt), val, g,
                                                   best_x, best_val, lr_t, decay_rate)
             history.append(-val.numpy()[None])
@@ -254,12 +253,12 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
             bar.set_postfix_str(f"best {float(tf.reduce_max(best_val)):.6g}")
     bar.close()
     # the last point too
-    val, _ = model._value_and_grad_2d(x, d, objective)   # (shares the compiled gradient)
+    val, _ = obj.value_and_gradient(x)   # (shares the compiled gradient)
     improved = tf.math.is_finite(val) & (val > best_val)
     best_x = tf.where(improved[:, None], x, best_x)
     best_val = tf.where(improved, val, best_val)
     if n_lbfgs:
-        best_x, best_val = _lbfgs_polish(model, best_x, best_val, d, objective, n_lbfgs)
+        best_x, best_val = _lbfgs_polish(obj, best_x, best_val, n_lbfgs)
     if n_lm:
         vals = best_val.numpy()
         order = np.argsort(-np.where(np.isfinite(vals), vals, -np.inf), kind="stable")
@@ -288,11 +287,11 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
                      wall_time=time.perf_counter() - start)
 
 
-def _lbfgs_polish(model, x0, val0, data, objective, max_iterations):
+def _lbfgs_polish(obj, x0, val0, max_iterations):
     """Batched L-BFGS from every point; keep a polished point only where it is better."""
 
     def vg(x):
-        val, g = model._value_and_grad_2d(x, data, objective)
+        val, g = obj.value_and_gradient(x)
         ok = tf.math.is_finite(val) & tf.reduce_all(tf.math.is_finite(g), axis=-1)
         big = tf.constant(1e30, val.dtype)
         return (tf.where(ok, -val, big), tf.where(ok[:, None], -g, tf.zeros_like(g)))
@@ -302,7 +301,7 @@ def _lbfgs_polish(model, x0, val0, data, objective, max_iterations):
                                        max_iterations=max_iterations, tolerance=1e-8,
                                        x_tolerance=0.0, f_relative_tolerance=1e-9,
                                        stopping_condition=tfp.optimizer.converged_all)
-    val, _ = model._value_and_grad_2d(res.position, data, objective)
+    val, _ = obj.value_and_gradient(res.position)
     better = tf.math.is_finite(val) & (val > val0)
     return (tf.where(better[:, None], res.position, x0), tf.where(better, val, val0))
 
@@ -357,11 +356,10 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
     """
     if not isinstance(model, LensModel):
         raise ValueError(f"model must be a LensModel, got {model!r}")
-    model._check_objective(objective)
+    obj = model.objective(data, objective)
     n_it = positive_int(num_iterations, "num_iterations")
     batch = positive_int(max_batch, "max_batch")
     tol = positive_float(tolerance, "tolerance")
-    d = model.resolve_data(data)
     dt = model.dtype
     np_dt = dt.as_numpy_dtype
     X = np.array(x0.numpy() if hasattr(x0, "numpy") else x0, dtype=np.float64, ndmin=2)
@@ -374,7 +372,7 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
         h = positive_float(fd_step, "fd_step")
 
     def values_grads(x):
-        v, g = model._value_and_grad_2d(tf.constant(x, dt), d, objective)
+        v, g = obj.value_and_gradient(tf.constant(x, dt))
         return v.numpy().astype(np.float64), g.numpy().astype(np.float64)
 
     def render(x):
@@ -386,7 +384,7 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
             part = x[i:i + size]
             if part.shape[0] < size:
                 part = np.concatenate([part, np.repeat(part[:1], size - part.shape[0], 0)], 0)
-            out.append(model._padded("render", tf.constant(part, dt), d, None).numpy())
+            out.append(obj.render(tf.constant(part, dt)).numpy())
         return np.concatenate(out, 0)[:n].astype(np.float64)
 
     f, g = values_grads(X)
@@ -406,7 +404,7 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
         pm = np.concatenate([(xa[:, None] + h * eye).reshape(-1, D),
                              (xa[:, None] - h * eye).reshape(-1, D), xa], 0)
         imgs = render(pm)
-        sigma = np.asarray(model._pixel_sigma(tf.constant(imgs[2 * k * D:], dt)), np.float64)
+        sigma = np.asarray(model.pixel_sigma(imgs[2 * k * D:]), np.float64)
         sigma = np.broadcast_to(sigma, (k,) + sigma.shape[-2:]).reshape(k, -1)
         imgs = imgs[:2 * k * D].reshape(2, k, D, -1)
         jac = (imgs[0] - imgs[1]) / (2.0 * h) / sigma[:, None, :]
@@ -414,8 +412,7 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
             jac = jac * mask
         H = np.einsum("kip,kjp->kij", jac, jac)
         if objective == "posterior":
-            H = H + model._padded("prior_hessian", tf.constant(xa, dt), d,
-                                  None).numpy().astype(np.float64)
+            H = H + obj.prior_hessian(tf.constant(xa, dt)).numpy().astype(np.float64)
         H = 0.5 * (H + np.swapaxes(H, 1, 2))
         steps = np.zeros((k, factors.size, D))
         for i in range(k):
@@ -428,7 +425,7 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
         # a singular or non-finite system gives no step (the trial is the point itself)
         steps = np.where(np.all(np.isfinite(steps), axis=-1, keepdims=True), steps, 0.0)
         trial = (xa[:, None] + steps).reshape(-1, D)
-        ft = model._value_2d(tf.constant(trial, dt), d, objective).numpy().astype(np.float64)
+        ft = obj.value(tf.constant(trial, dt)).numpy().astype(np.float64)
         ft = np.where(np.isfinite(ft), ft, -np.inf).reshape(k, factors.size)
         best = np.argmax(ft, axis=1)
         fbest = ft[np.arange(k), best]

@@ -20,6 +20,7 @@ samples) and runs under ``tf.function(jit_compile=True)``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
@@ -41,7 +42,7 @@ from .spec import (LENS_SHORTHANDS, ROLE_PRIORS, ComponentSpec, build_prior, che
 tfd = tfp.distributions
 tfb = tfp.bijectors
 
-__all__ = ["LensModel", "build_model", "log_uniform", "LENS_MODELS", "SOURCE_MODELS",
+__all__ = ["LensModel", "Objective", "ParameterBlock", "build_model", "log_uniform", "LENS_MODELS", "SOURCE_MODELS",
            "LENS_LIGHT_MODELS", "SUBHALO_PROFILES"]
 
 LENS_MODELS = tuple(LENS_SHORTHANDS)
@@ -72,6 +73,57 @@ def log_uniform(low, high, dtype=tf.float32, name="LogUniform"):
     return tfd.TransformedDistribution(
         tfd.Uniform(tf.constant(math.log(low), dtype), tf.constant(math.log(high), dtype)),
         tfb.Exp(), name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterBlock:
+    """One free parameter's block of the flat vector ``x``: its ``name``, ``size`` (number of
+    unconstrained coordinates), constrained ``event_shape`` and ``offset`` in ``x``."""
+
+    name: str
+    size: int
+    event_shape: tuple
+    offset: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """The model's log density in unconstrained coordinates with the data bound once:
+    what MAP, Laplace, VI, HMC and detection evaluate (:meth:`LensModel.objective`).
+
+    ``kind`` is ``"posterior"`` (``log p~(x | data)``, with prior and Jacobian) or
+    ``"likelihood"`` (``log L`` alone). Every method takes ``x [B, D]``; the compiled ones
+    (:meth:`value`, :meth:`value_and_gradient`, :meth:`render`, :meth:`prior_hessian`) are
+    traced once per model and kind (and per batch size, unless the model has a
+    ``compile_batch_size``, to which batches are padded or chunked);
+    :meth:`log_density` is the plain function for use inside a caller's own
+    ``tf.function`` (e.g. an optimiser's compiled loop or an MCMC kernel).
+    """
+
+    model: "LensModel"
+    data: tf.Tensor
+    kind: str = "posterior"
+
+    def log_density(self, x):
+        """``[B, D] -> [B]``, uncompiled (traceable)."""
+        return self.model.log_density(x, self.data, self.kind)
+
+    def value(self, x):
+        """``[B, D] -> [B]``, compiled."""
+        return self.model._padded("value", x, self.data, self.kind)
+
+    def value_and_gradient(self, x):
+        """``([B], [B, D])``, compiled."""
+        return self.model._padded("grad", x, self.data, self.kind)
+
+    def render(self, x):
+        """Noiseless model images ``[B, N, N]`` at ``x``, compiled."""
+        return self.model._padded("render", x, self.data, None)
+
+    def prior_hessian(self, x):
+        """Hessian ``[B, D, D]`` of ``-(log prior + log|J|)`` at ``x`` (block diagonal: see
+        the model), compiled."""
+        return self.model._padded("prior_hessian", x, self.data, None)
 
 
 class _Param:
@@ -726,6 +778,19 @@ class LensModel:
         light = [comp("lens_light", i) for i in range(len(self._components["lens_light"]))]
         return lens, source, light
 
+    def component_kwargs(self, params: dict, data=None):
+        """The Simulator's parameter lists ``(lens, source, lens_light)`` (lenstronomy-style
+        dicts, one per profile, batch flattened to ``[B]``; fixed and tied values filled in,
+        subhalo masses converted to profile parameters) for a dict of the free
+        parameters; ``data`` is what a RIM source reconstructs from (default the model's)."""
+        flat, _ = self._batch(params)
+        return self._component_kwargs(flat, data)
+
+    @property
+    def source_profile(self):
+        """The source's light profile (e.g. Sersic, PixelatedSource, a VAE decoder)."""
+        return self._components["source"][0]
+
     def _rim_source(self, lens, data):
         """The RIM's source images ``[B, n, n]`` for lens kwargs with batch ``[B]``."""
         src = self._components["source"][0]
@@ -776,6 +841,30 @@ class LensModel:
         if self.noise_map is None:
             return tf.sqrt(self.observation._variance(model))
         return self.noise_map
+
+    def pixel_sigma(self, model_images):
+        """Per-pixel noise sigma of the likelihood for noiseless ``model_images``
+        ``[..., N, N]`` (the noise map, or the Observation's background + Poisson term)."""
+        return self._pixel_sigma(tf.convert_to_tensor(model_images, self.dtype))
+
+    def log_density(self, x, data, kind: str = "posterior"):
+        """The objective's function itself, ``x [B, D] -> [B]`` for checked ``data``
+        (:meth:`resolve_data`), uncompiled: for callers that compile their own loop with
+        the data as an argument (so that one compilation serves many images)."""
+        return self._unconstrained_impl(x, data, kind)
+
+    def objective(self, data=None, kind: str = "posterior") -> Objective:
+        """The :class:`Objective` for ``data`` (default the model's): ``kind`` is
+        ``"posterior"`` or ``"likelihood"``."""
+        self._check_objective(kind)
+        return Objective(self, self.resolve_data(data), kind)
+
+    @property
+    def parameter_blocks(self) -> tuple:
+        """The free parameters' blocks of ``x`` (:class:`ParameterBlock`), in order."""
+        offsets = np.cumsum([0] + [p.size for p in self._params])
+        return tuple(ParameterBlock(p.name, p.size, p.event_shape, int(o))
+                     for p, o in zip(self._params, offsets))
 
     def _pixel_log_like(self, model, data):
         sigma = self._pixel_sigma(model)

@@ -101,7 +101,7 @@ def _through(bijector, z) -> np.ndarray:
 def _scalar_names(model: LensModel):
     """Names of the scalar parameters (event-shaped ones such as a pixelated source's
     image are kept in the samples but left out of the summary)."""
-    event = [p.name for p in model._params if p.size != 1 or p.unc_event_shape]
+    event = [b.name for b in model.parameter_blocks if b.size != 1 or b.event_shape]
     return [n for n in model.param_names if not any(n.startswith(e + ".") for e in event)]
 
 
@@ -412,9 +412,8 @@ def _json_safe(obj):
 def _source_image(model: LensModel, params: dict, n: int = 100):
     """The source-plane surface brightness of the best fit on an ``n x n`` grid of half the
     field of view, centred on the source centre; returns ``(image, extent)``."""
-    flat, _ = model._batch(params)
-    _, source, _ = model._component_kwargs(flat)
-    prof = model._components["source"][0]
+    _, source, _ = model.component_kwargs(params)
+    prof = model.source_profile
     kw = {k: v for k, v in source[0].items()}
     cx = float(np.ravel(np.asarray(kw.get("center_x", 0.0)))[0])
     cy = float(np.ravel(np.asarray(kw.get("center_y", 0.0)))[0])

@@ -346,10 +346,10 @@ def source_init_from_rim(model, lens_params: dict, vae=None) -> dict:
         raise ValueError(f"lens_params lacks {missing}")
     rim_model = model.replace(source=RIMSource(), lens_light=None)
     lens_only = {n: v for n, v in init.items() if n in rim_model.param_names}
-    _, source, _ = rim_model._component_kwargs(rim_model._batch(lens_only)[0])
-    rim_src = rim_model._components["source"][0]
+    _, source, _ = rim_model.component_kwargs(lens_only)
+    rim_src = rim_model.source_profile
     image = np.asarray(source[0]["image"])[0]
-    prof = model._components["source"][0]
+    prof = model.source_profile
     if model.latent_dim:
         from ..models import load_pretrained_vae
 

@@ -100,11 +100,11 @@ def _to_x(model, init):
     return x
 
 
-def _fd_hessian(model, x0, d, objective, h):
+def _fd_hessian(obj, x0, h):
     D = x0.shape[0]
     eye = np.eye(D) * h[:, None]
     pts = np.concatenate([x0[None] + eye, x0[None] - eye], axis=0)
-    _, g = model._value_and_grad_2d(tf.constant(pts, model.dtype), d, objective)
+    _, g = obj.value_and_gradient(tf.constant(pts, obj.model.dtype))
     g = g.numpy().astype(np.float64)
     H = -(g[:D] - g[D:]) / (2.0 * h[:, None])      # row i: d grad / d x_i
     return 0.5 * (H + H.T)
@@ -122,8 +122,7 @@ def laplace_approximation(model: LensModel, x_map, data=None, objective: str = "
     (scalar or ``[D]``) instead of the automatic two-pass choice."""
     if not isinstance(model, LensModel):
         raise ValueError(f"model must be a LensModel, got {model!r}")
-    model._check_objective(objective)
-    d = model.resolve_data(data)
+    obj = model.objective(data, objective)
     x0 = _to_x(model, x_map)
     D = model.num_params
     positive_int(newton_steps, "newton_steps", minimum=0)
@@ -131,35 +130,35 @@ def laplace_approximation(model: LensModel, x_map, data=None, objective: str = "
     for _ in range(newton_steps):
         with warnings.catch_warnings():  # the final approximation below warns, once
             warnings.simplefilter("ignore")
-            lap = laplace_approximation(model, x0, d, objective, step, newton_steps=0)
-        val, g = model._value_and_grad_2d(tf.constant(x0[None], model.dtype), d, objective)
+            lap = laplace_approximation(model, x0, obj.data, objective, step, newton_steps=0)
+        val, g = obj.value_and_gradient(tf.constant(x0[None], model.dtype))
         g = g.numpy()[0].astype(np.float64)
         delta = lap.covariance @ g
         if not float(g @ delta) > 1e-4:
             break
         trial = x0[None] + lengths[:, None] * delta[None]
-        val_new, _ = model._value_and_grad_2d(tf.constant(trial, model.dtype), d, objective)
+        val_new, _ = obj.value_and_gradient(tf.constant(trial, model.dtype))
         val_new = np.where(np.isfinite(val_new.numpy()), val_new.numpy(), -np.inf)
         best = int(np.argmax(val_new))
         if not val_new[best] > float(val[0]):
             break
         x0 = trial[best]
     if step is None:
-        H1 = _fd_hessian(model, x0, d, objective, np.full(D, 1e-3))
+        H1 = _fd_hessian(obj, x0, np.full(D, 1e-3))
         diag = np.abs(np.diag(H1))
         h = np.clip(0.1 / np.sqrt(np.where(diag > 0, diag, 1.0)), 1e-4, 0.1)
     else:
         h = np.broadcast_to(np.asarray(step, dtype=np.float64), (D,)).copy()
         if not np.all(np.isfinite(h)) or not np.all(h > 0):
             raise ValueError(f"step must be positive, got {step!r}")
-    H = _fd_hessian(model, x0, d, objective, h)
+    H = _fd_hessian(obj, x0, h)
     w, V = np.linalg.eigh(H)
     floor = 1e-8 * max(np.max(np.abs(w)), 1e-30)
     bad = w < floor
     if np.any(bad):
         w_prior = floor
         if objective == "posterior":
-            hp = model._padded("prior_hessian", tf.constant(x0[None], model.dtype), d, None)
+            hp = obj.prior_hessian(tf.constant(x0[None], model.dtype))
             w_prior = max(float(np.linalg.eigvalsh(np.asarray(hp[0], np.float64))[0]), floor)
         warnings.warn(f"laplace_approximation: the Hessian has {int(np.sum(bad))} "
                       f"eigenvalue(s) below {floor:.3g} (min {w.min():.3g}): the point is "
@@ -167,7 +166,7 @@ def laplace_approximation(model: LensModel, x_map, data=None, objective: str = "
                       "them", stacklevel=2)
         w = np.where(bad, np.maximum(np.abs(w), w_prior), w)
     cov = (V / w) @ V.T
-    val, _ = model._value_and_grad_2d(tf.constant(x0[None], model.dtype), d, objective)
+    val, _ = obj.value_and_gradient(tf.constant(x0[None], model.dtype))
     lp = float(val[0])
     log_z = lp + 0.5 * D * math.log(2 * math.pi) - 0.5 * float(np.sum(np.log(w)))
     return LaplaceResult(mean=x0, covariance=cov, hessian=H, std=np.sqrt(np.diag(cov)),
@@ -311,7 +310,7 @@ def fit_vi(model: LensModel, data=None, surrogate: str = "mean_field", init=None
     decay = positive_float(lr_decay, "lr_decay")
     if decay > 1:
         raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
-    d = model.resolve_data(data)
+    obj = model.objective(data)
     dt = model.dtype
     D = model.num_params
     seed = as_seed(seed)
@@ -329,7 +328,7 @@ def fit_vi(model: LensModel, data=None, surrogate: str = "mean_field", init=None
         if use_laplace:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                lap = laplace_approximation(model, x0, d)
+                lap = laplace_approximation(model, x0, obj.data)
             chol0 = np.linalg.cholesky(lap.covariance + 1e-12 * np.eye(D))
         else:
             chol0 = 0.01 * np.eye(D)
@@ -382,7 +381,7 @@ def fit_vi(model: LensModel, data=None, surrogate: str = "mean_field", init=None
 
     def step(t, step_seed):
         x = draw(step_seed)
-        lp, g = model._value_and_grad_2d(x, d)
+        lp, g = obj.value_and_gradient(x)
         return update(t, step_seed, lp, g)
 
     seeds = tfp.random.split_seed(s_fit, n_steps)
