@@ -118,7 +118,7 @@ def test_map_recovers_an_m4_multipole():
     ({"lens": ["SIE", "NOPE"]}, r"lens\[1\]\.profile: unknown profile 'NOPE'"),
     ({"lens": ["SIE", "SERSIC"]}, r"lens\[1\]\.profile: SERSIC is not a mass profile"),
     ({"lens": "sie+shear", "subhalos": 1}, "subhalos: a model with subhalos needs z_lens"),
-    ({"lens": "sie+shear", "colour": 1}, r"unknown field\(s\) \['colour'\]"),
+    ({"lens": "sie+shear", "colour": 1}, r"unknown model spec field\(s\) \[.colour.\]"),
     ({"lens": "sie+shear", "priors": {"lens.0.theta_E": {"gauss": [0, 1]}}},
      r"priors\['lens.0.theta_E'\] must name one prior family"),
     ({"lens": "sie+shear", "priors": {"lens.0.theta_E": {"uniform": [2, 1]}}},

@@ -19,6 +19,7 @@ __all__ = [
     "is_concrete",
     "check_positive",
     "check_at_most",
+    "check_fields",
     "check_finite",
     "broadcast_shapes",
 ]
@@ -73,6 +74,20 @@ def check_positive(value, name: str, allow_zero: bool = False):
         kind = "non-negative" if allow_zero else "positive"
         shown = arr.ravel()[np.argmin(arr.ravel())].item()  # a plain number, not array(..)
         raise ValueError(f"{name} must be {kind}, got {shown!r}")
+
+
+def check_fields(data, cls, what: str) -> dict:
+    """``data`` as a dict whose keys are all fields of the dataclass ``cls``; ``ValueError``
+    naming ``what`` (e.g. ``"config"``) and the unknown keys otherwise."""
+    import dataclasses
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a dict, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; known: {sorted(names)}")
+    return data
 
 
 def check_at_most(value, limit: float, name: str):

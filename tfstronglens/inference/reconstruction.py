@@ -225,10 +225,6 @@ def _vae(image, noise, psf, lens_list, pixel_scale, lens_models, supersample, mo
     from .model import build_model
 
     n = image.shape[0]
-    keys = tuple(m.upper() for m in lens_models)
-    if keys not in (("SIE", "SHEAR"), ("EPL", "SHEAR")):
-        raise ValueError(f"method 'vae' fits lens models sie+shear or epl+shear, got "
-                         f"{list(lens_models)}")
     op = SourceOperator(PixelGrid(n, pixel_scale, supersample), list(lens_models),
                         source_num_pix, source_pixel_scale)
     lens = op.pack(lens_list)
@@ -236,10 +232,9 @@ def _vae(image, noise, psf, lens_list, pixel_scale, lens_models, supersample, mo
                       psf=PixelPSF(psf))
     decoder = load_pretrained_vae().decoder if model is None else model
     src = VAESource(decoder, pixel_scale=0.03)
-    fixed = {name: float(v) for name, v in zip(op.lens_param_names, lens[0])
-             if name not in ("lens.1.ra_0", "lens.1.dec_0")}
-    lm = build_model(obs, image, lens="sie+shear" if keys[0] == "SIE" else "epl+shear",
-                     source=src, noise_map=noise, fixed=fixed, supersample=supersample,
+    fixed = {name: float(v) for name, v in zip(op.lens_param_names, lens[0])}
+    # the lens is held at the given parameters: any list of mass profiles will do
+    lm = build_model(obs, image, lens=list(op.lens_models), source=src, noise_map=noise, fixed=fixed, supersample=supersample,
                      jit_compile=False)
     t0 = time.perf_counter()
     fit = find_map(lm, num_starts=num_starts, num_steps=num_steps, seed=seed, progress=False)

@@ -48,6 +48,7 @@ from typing import Mapping
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from .._validation import check_fields
 from ..profiles.base import PROFILE_REGISTRY, MassProfile, get_profile
 
 tfd = tfp.distributions
@@ -296,12 +297,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d) -> "ModelSpec":
         """Check and build; every error names the offending field."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"a model spec must be a JSON object, got {d!r}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"model spec: unknown field(s) {unknown}; fields are {sorted(fields)}")
+        check_fields(d, cls, "model spec")
         if "lens" not in d:
             raise ValueError("model spec: 'lens' is required (a shorthand such as 'sie+shear' "
                              "or a list of components)")
@@ -319,12 +315,7 @@ class ModelSpec:
         sub = d.get("subhalos") or {}
         if isinstance(sub, numbers.Integral) and not isinstance(sub, bool):
             sub = {"count": int(sub)}
-        if not isinstance(sub, Mapping):
-            raise ValueError(f"subhalos must be a count or a dict, got {sub!r}")
-        sfields = {f.name for f in dataclasses.fields(SubhaloSpec)}
-        if set(sub) - sfields:
-            raise ValueError(f"subhalos: unknown field(s) {sorted(set(sub) - sfields)}; fields "
-                             f"are {sorted(sfields)}")
+        check_fields(sub, SubhaloSpec, "subhalos")
         count = sub.get("count", 0)
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
             raise ValueError(f"subhalos.count must be an integer >= 0, got {count!r}")

@@ -39,11 +39,6 @@ def _check_order(m, allowed=None):
     return int(m)
 
 
-def _multipole_priors(m) -> dict:
-    half_period = math.pi / m
-    return {"a_m": {"uniform": [0.0, 0.1]}, "phi_m": {"uniform": [-half_period, half_period]}}
-
-
 def _polar(x, y, center_x, center_y):
     """``(r, cos(phi), sin(phi))`` of ``(x, y)`` about the centre; at the exact centre the
     direction is set to ``phi = 0`` and ``r`` to a tiny floor, so that values and gradients
@@ -87,7 +82,41 @@ def _circular(m, r, c, s, a_m, phi_m, r_E):
     return psi, ax, ay, kappa
 
 
-class Multipole(MassProfile):
+class _MultipoleProfile(MassProfile):
+    """Shared machinery: the static order ``m`` and the fields from one ``_all`` call."""
+
+    allowed_orders = None  # None: any m >= 1
+
+    def __init__(self, m: int = 4, dtype=tf.float32):
+        super().__init__(dtype=dtype)
+        self.m = _check_order(m, self.allowed_orders)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "m": self.m}
+
+    def default_priors(self) -> dict:
+        """``a_m`` uniform in [0, 0.1] arcsec (a fractional amplitude up to ~10% of a 1"
+        lens), ``phi_m`` uniform over one period ``2 pi / m``; none for ``q``."""
+        half_period = math.pi / self.m
+        return {"a_m": {"uniform": [0.0, 0.1]},
+                "phi_m": {"uniform": [-half_period, half_period]}}
+
+    def _all(self, x, y, **p):  # pragma: no cover - abstract
+        """``(psi, alpha_x, alpha_y, kappa)``."""
+        raise NotImplementedError
+
+    def _deflection(self, x, y, **p):
+        _, ax, ay, _ = self._all(x, y, **p)
+        return ax, ay
+
+    def _potential(self, x, y, **p):
+        return self._all(x, y, **p)[0]
+
+    def _convergence(self, x, y, **p):
+        return self._all(x, y, **p)[3]
+
+
+class Multipole(_MultipoleProfile):
     r"""Circular multipole of order ``m`` (lenstronomy ``MULTIPOLE``; Xu et al. 2013,
     arXiv 1307.4220, eq. B12).
 
@@ -117,33 +146,10 @@ class Multipole(MassProfile):
     param_names = ("a_m", "phi_m", "center_x", "center_y", "r_E")
     defaults = {"center_x": 0.0, "center_y": 0.0, "r_E": 1.0}
     positive_params = ("r_E",)
-    nonnegative_params = ("a_m",)
-
-    def __init__(self, m: int = 4, dtype=tf.float32):
-        super().__init__(dtype=dtype)
-        self.m = _check_order(m)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "m": self.m}
-
-    def default_priors(self) -> dict:
-        """``a_m`` uniform in [0, 0.1] arcsec (a fractional amplitude up to ~10% of a 1"
-        lens), ``phi_m`` uniform over one period ``2 pi / m``."""
-        return _multipole_priors(self.m)
 
     def _all(self, x, y, a_m, phi_m, center_x, center_y, r_E):
         r, c, s = _polar(x, y, center_x, center_y)
         return _circular(self.m, r, c, s, a_m, phi_m, r_E)
-
-    def _deflection(self, x, y, **p):
-        _, ax, ay, _ = self._all(x, y, **p)
-        return ax, ay
-
-    def _potential(self, x, y, **p):
-        return self._all(x, y, **p)[0]
-
-    def _convergence(self, x, y, **p):
-        return self._all(x, y, **p)[3]
 
 
 # --------------------------------------------------------------- elliptical multipoles
@@ -260,7 +266,7 @@ def _elliptical(m, r, c, s, a_m, phi_m, q, r_E):
     return psi, ax, ay, kappa
 
 
-class EllipticalMultipole(MassProfile):
+class EllipticalMultipole(_MultipoleProfile):
     r"""Elliptical multipole of order m = 1, 3 or 4 (lenstronomy ``MULTIPOLE_ELL``; Paugnat
     & Gilman 2025).
 
@@ -290,19 +296,8 @@ class EllipticalMultipole(MassProfile):
     param_names = ("a_m", "phi_m", "q", "center_x", "center_y", "r_E")
     defaults = {"center_x": 0.0, "center_y": 0.0, "r_E": 1.0}
     positive_params = ("q", "r_E")
-    nonnegative_params = ("a_m",)
     upper_bounds = {"q": 1.0}
-
-    def __init__(self, m: int = 4, dtype=tf.float32):
-        super().__init__(dtype=dtype)
-        self.m = _check_order(m, allowed=(1, 3, 4))
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "m": self.m}
-
-    def default_priors(self) -> dict:
-        """As :class:`Multipole` (``q`` has none: fix or tie it to the main lens')."""
-        return _multipole_priors(self.m)
+    allowed_orders = (1, 3, 4)
 
     def _all(self, x, y, a_m, phi_m, q, center_x, center_y, r_E):
         f64 = [tf.cast(t, tf.float64) for t in (x, y, a_m, phi_m, q, center_x, center_y, r_E)]
@@ -314,13 +309,3 @@ class EllipticalMultipole(MassProfile):
         ell = _elliptical(m, r, c, s, a_m, phi_m, q_safe, r_E)
         circ = _circular(m, r, c, s, a_m, phi_m, r_E)
         return [tf.cast(tf.where(round_, b, a), self.dtype) for a, b in zip(ell, circ)]
-
-    def _deflection(self, x, y, **p):
-        _, ax, ay, _ = self._all(x, y, **p)
-        return ax, ay
-
-    def _potential(self, x, y, **p):
-        return self._all(x, y, **p)[0]
-
-    def _convergence(self, x, y, **p):
-        return self._all(x, y, **p)[3]

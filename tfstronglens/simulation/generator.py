@@ -60,6 +60,7 @@ import os
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from .._validation import check_fields
 from ..lensing._barrier import materialize
 from ..lensing.grid import PixelGrid
 from ..observation import LensCosmology, Observation, SubhaloPopulation, get_instrument
@@ -274,13 +275,7 @@ class LensSimulationConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "LensSimulationConfig":
         """Inverse of :meth:`to_dict`; missing fields take their defaults, unknown ones raise."""
-        if not isinstance(data, dict):
-            raise ValueError(f"config must be a dict, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        return cls(**check_fields(data, cls, "config"))
 
     def to_json(self, path=None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
