@@ -150,3 +150,16 @@ def test_bad_model_arguments_name_the_parameter():
         LensModel(OBS, ["SIE", {"profile": "SHEAR", "tied": {"gamma1": "lens.5.x"}}])
     with pytest.raises(ValueError, match="which needs a theta_E"):
         LensModel(OBS, ["SHEAR", "SIE"], num_subhalos=1)
+
+
+def test_readme_model_spec_example_builds():
+    """The README's --model example stays valid: it parses and builds the model it shows."""
+    import os
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    block = re.search(r"```json\n(.*?)```", readme, re.S).group(1)
+    spec = ModelSpec.from_dict(json.loads(block))
+    model = LensModel(OBS, source="sersic", amp_scale=10.0, **spec.model_kwargs())
+    assert {"lens.2.a_m", "lens_light.0.amp", "subhalo.0.mass"} <= set(model.parameters)
+    assert model.subhalo_profile == "PJAFFE" and model.tied["lens.2.center_x"] == "lens.0.center_x"
