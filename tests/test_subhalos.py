@@ -401,7 +401,7 @@ def test_lens_kwargs_values_and_masking():
     with pytest.raises(ValueError, match="theta_E_host"):
         subhalo_lens_kwargs(s, lc, "TNFW")
     with pytest.raises(ValueError, match="profile"):
-        subhalo_lens_kwargs(s, lc, "SIS")
+        subhalo_lens_kwargs(s, lc, "NOPE")
     with pytest.raises(ValueError, match="lens_cosmology"):
         subhalo_lens_kwargs(s, None)
 
