@@ -42,8 +42,8 @@ from .spec import (LENS_SHORTHANDS, ROLE_PRIORS, ComponentSpec, build_prior, che
 tfd = tfp.distributions
 tfb = tfp.bijectors
 
-__all__ = ["LensModel", "Objective", "ParameterBlock", "build_model", "log_uniform", "LENS_MODELS", "SOURCE_MODELS",
-           "LENS_LIGHT_MODELS", "SUBHALO_PROFILES"]
+__all__ = ["LensModel", "Objective", "ParameterBlock", "build_model", "log_uniform",
+           "LENS_MODELS", "SOURCE_MODELS", "LENS_LIGHT_MODELS", "SUBHALO_PROFILES"]
 
 LENS_MODELS = tuple(LENS_SHORTHANDS)
 SOURCE_MODELS = ("sersic", "pixelated")
@@ -233,8 +233,9 @@ class LensModel:
     ``sqrt(M / (pi Sigma_crit))``. With ``"PJAFFE"`` (or ``"SIS"``) it is the *total*
     mass of a truncated-SIS pseudo-Jaffe subhalo (of an SIS, its mass inside the tidal
     radius) with tidal radius ``sqrt(b theta_E)``, as the gravitational-imaging detections
-    state their masses (:func:`~tfstronglens.observation.subhalo_lens_kwargs`). ``lens_cosmology`` defaults to
-    ``LensCosmology(z_lens, z_source, cosmology)`` (0.5, 2.0, Planck18).
+    state their masses (:func:`~tfstronglens.observation.subhalo_lens_kwargs`).
+    ``lens_cosmology`` defaults to ``LensCosmology(z_lens, z_source, cosmology)`` (0.5, 2.0,
+    Planck18).
 
     #### Likelihood
 

@@ -234,8 +234,8 @@ def _vae(image, noise, psf, lens_list, pixel_scale, lens_models, supersample, mo
     src = VAESource(decoder, pixel_scale=0.03)
     fixed = {name: float(v) for name, v in zip(op.lens_param_names, lens[0])}
     # the lens is held at the given parameters: any list of mass profiles will do
-    lm = build_model(obs, image, lens=list(op.lens_models), source=src, noise_map=noise, fixed=fixed, supersample=supersample,
-                     jit_compile=False)
+    lm = build_model(obs, image, lens=list(op.lens_models), source=src, noise_map=noise,
+                     fixed=fixed, supersample=supersample, jit_compile=False)
     t0 = time.perf_counter()
     fit = find_map(lm, num_starts=num_starts, num_steps=num_steps, seed=seed, progress=False)
     seconds = time.perf_counter() - t0

@@ -27,7 +27,8 @@ class PseudoJaffe(MassProfile):
 
         kappa = sigma0 Ra Rs (Ra + Rs) / (A S (A + S)),
         alpha = 2 sigma0 Ra Rs (theta - c) (1/(A + Ra) + 1/(S + Rs)) / (A + S),
-        psi   = 2 sigma0 Ra Rs (g(Ra) - g(Rs)) / (Rs - Ra),  g(t) = sqrt(t^2 + R^2) - t ln(t + sqrt(t^2 + R^2))
+        psi   = 2 sigma0 Ra Rs (g(Ra) - g(Rs)) / (Rs - Ra),
+        g(t)  = sqrt(t^2 + R^2) - t ln(t + sqrt(t^2 + R^2))
 
     (lenstronomy's potential; at ``Ra = Rs`` its limit ``2 sigma0 Ra^2 ln(Ra + A)``). The
     values are symmetric in ``Ra`` and ``Rs`` (lenstronomy sorts them) and smooth at the
