@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from ._geometry import safe_norm
 from .base import MassProfile
 
