@@ -163,3 +163,12 @@ def test_readme_model_spec_example_builds():
     model = LensModel(OBS, source="sersic", amp_scale=10.0, **spec.model_kwargs())
     assert {"lens.2.a_m", "lens_light.0.amp", "subhalo.0.mass"} <= set(model.parameters)
     assert model.subhalo_profile == "PJAFFE" and model.tied["lens.2.center_x"] == "lens.0.center_x"
+
+
+def test_rim_source_refuses_profiles_with_settings():
+    """The RIM carries its lens models by name: a multipole of order 3 would silently become
+    the default order 4 there, so it is refused."""
+    from tfstronglens.models.rim import RIMSource
+
+    with pytest.raises(ValueError, match=r"\['MULTIPOLE'\] have non-default settings"):
+        LensModel(OBS, "sie+shear+m3m4", source=RIMSource(), amp_scale=10.0)

@@ -434,6 +434,12 @@ class LensModel:
             kernel = (np.ones((1, 1)) if observation.psf is None
                       else observation.psf.kernel(observation.pixel_scale))
             self._rim_psf = tf.constant(kernel / kernel.sum(), dt)
+            configured = [p.name for p in lens_profiles if p.get_config() !=
+                          get_profile(p.name, dtype=p.dtype).get_config()]
+            if configured:
+                raise ValueError(f"source=RIMSource() names its lens profiles without settings; "
+                                 f"{configured} have non-default settings (e.g. a multipole's "
+                                 "order): fit them with another source")
             src = src.bind(grid, [p.name for p in lens_profiles], kernel.shape[-1])
         self.simulator = Simulator(grid,
                                    lens=lens_profiles, source=[src], lens_light=light_profiles,
