@@ -127,16 +127,19 @@ class Objective:
 
 
 class _Param:
-    """One entry of the joint distribution (a free parameter)."""
+    """One entry of the joint distribution (a free parameter). Its unconstrained shape comes
+    from the joint prior's event-space bijector (set in :meth:`LensModel._build_params`)."""
 
     def __init__(self, name, dist, target):
         self.name = name
         self.dist = dist
         self.target = target  # (kind, index, pname) or ("source_z", k, None)
-        self.bijector = dist.experimental_default_event_space_bijector()
         self.event_shape = tuple(dist.event_shape.as_list())
-        self.unc_event_shape = tuple(
-            self.bijector.inverse_event_shape(dist.event_shape).as_list())
+        self.unc_event_shape = None
+        self.size = None
+
+    def set_unconstrained_shape(self, shape):
+        self.unc_event_shape = tuple(tf.TensorShape(shape).as_list())
         self.size = int(np.prod(self.unc_event_shape, dtype=np.int64))
 
     def __repr__(self):
@@ -625,6 +628,12 @@ class LensModel:
         self.parameters = [p.name for p in params]
         self.prior = tfd.JointDistributionNamed({p.name: p.dist for p in params},
                                                 name="LensModelPrior")
+        # the one constraining bijector: the joint prior's event-space bijector (each
+        # component's default bijector); unconstrained coordinates go through it only
+        self.event_space_bijector = self.prior.experimental_default_event_space_bijector()
+        unc_shapes = self.event_space_bijector.inverse_event_shape(self.prior.event_shape)
+        for p in params:
+            p.set_unconstrained_shape(unc_shapes[p.name])
         flat = []
         for p in params:
             if p.size == 1 and not p.unc_event_shape:
@@ -641,7 +650,7 @@ class LensModel:
         reshape = [tfb.Reshape(list(p.unc_event_shape), [p.size]) for p in self._params]
         structure = {p.name: i for i, p in enumerate(self._params)}
         return tfb.Chain([
-            tfb.JointMap({p.name: p.bijector for p in self._params}),
+            self.event_space_bijector,
             tfb.Restructure(structure),
             tfb.JointMap(reshape),
             tfb.Split(sizes),
@@ -919,15 +928,16 @@ class LensModel:
     def _split_flat(self, x):
         """x [B, D] -> ({name: constrained [B, *event]}, log|det J| [B])."""
         parts = tf.split(x, [p.size for p in self._params], axis=-1)
-        out = {}
-        ldj = tf.zeros(tf.shape(x)[:-1], x.dtype)
+        blocks = {}
         for p, xp in zip(self._params, parts):
-            xp = tf.reshape(xp, tf.concat([tf.shape(x)[:-1], list(p.unc_event_shape)], 0)) \
-                if p.unc_event_shape else xp[..., 0]
-            nd = len(p.unc_event_shape)
-            out[p.name] = p.bijector.forward(xp)
-            ldj = ldj + p.bijector.forward_log_det_jacobian(xp, event_ndims=nd)
-        return out, ldj
+            blocks[p.name] = (tf.reshape(xp, tf.concat([tf.shape(x)[:-1],
+                                                         list(p.unc_event_shape)], 0))
+                              if p.unc_event_shape else xp[..., 0])
+        bij = self.event_space_bijector
+        ldj = bij.forward_log_det_jacobian(
+            blocks, event_ndims={p.name: len(p.unc_event_shape) for p in self._params})
+        out = bij.forward(blocks)  # (keys in the joint distribution's order: reorder)
+        return {p.name: out[p.name] for p in self._params}, ldj
 
     def _as_x(self, x):
         x = tf.convert_to_tensor(x, dtype_hint=self.dtype)
@@ -950,10 +960,8 @@ class LensModel:
         """Dict of constrained parameters ``[*batch, *event]`` -> unconstrained
         ``x [*batch, D]`` (inverse of :meth:`from_flat`)."""
         flat, batch = self._batch(params)
-        parts = []
-        for p in self._params:
-            u = p.bijector.inverse(flat[p.name])
-            parts.append(tf.reshape(u, [-1, p.size]))
+        unc = self.event_space_bijector.inverse(flat)
+        parts = [tf.reshape(unc[p.name], [-1, p.size]) for p in self._params]
         x = tf.concat(parts, axis=-1)
         return tf.reshape(x, batch.as_list() + [self.num_params])
 

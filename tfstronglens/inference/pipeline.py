@@ -85,7 +85,8 @@ def _constrained(model: LensModel, x) -> np.ndarray:
     x = np.asarray(x)
     batch = x.shape[:-1]
     d = model.from_flat(tf.constant(x.reshape(-1, x.shape[-1]), model.dtype))
-    parts = [np.asarray(v).reshape(int(np.prod(batch, dtype=np.int64)), -1) for v in d.values()]
+    parts = [np.asarray(d[b.name]).reshape(int(np.prod(batch, dtype=np.int64)), -1)
+             for b in model.parameter_blocks]
     out = np.concatenate(parts, axis=-1)
     if out.shape[-1] != len(model.param_names):  # pragma: no cover - internal consistency
         raise RuntimeError("constrained parameters do not match param_names")
