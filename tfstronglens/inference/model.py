@@ -28,7 +28,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from .._validation import resolve_dtype
 from ..lensing.simulator import Simulator
 from ..observation.cosmology import LensCosmology
 from ..observation.observation import Observation
@@ -37,7 +36,7 @@ from ..profiles.base import LightProfile, get_profile
 from ..profiles.pixelated_source import PixelatedSource
 from ._util import as_seed, positive_float, positive_int
 from .spec import (LENS_SHORTHANDS, ROLE_PRIORS, ComponentSpec, build_prior, check_prior,
-                   check_support, expand_lens)
+                   check_support, expand_lens, log_uniform)
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -57,22 +56,6 @@ _OBJECTIVES = ("posterior", "likelihood")
 _FIXED_BY_DEFAULT = {("SHEAR", "ra_0"), ("SHEAR", "dec_0"), ("PIXELATED", "amp"),
                      ("PIXELATED", "center_x"), ("PIXELATED", "center_y"),
                      ("PIXELATED", "phi_G")}
-
-
-def log_uniform(low, high, dtype=tf.float32, name="LogUniform"):
-    r"""Log-uniform distribution on ``[low, high]``: ``p(m) = 1 / (m ln(high / low))``.
-
-    Built as ``TransformedDistribution(Uniform(ln low, ln high), Exp())`` (TFP has no
-    ``LogUniform``); its default event-space bijector is ``Exp o Sigmoid``.
-    """
-    low = positive_float(low, "low")
-    high = positive_float(high, "high")
-    if not high > low:
-        raise ValueError(f"high must be larger than low, got low={low!r}, high={high!r}")
-    dtype = resolve_dtype(dtype)
-    return tfd.TransformedDistribution(
-        tfd.Uniform(tf.constant(math.log(low), dtype), tf.constant(math.log(high), dtype)),
-        tfb.Exp(), name=name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,19 +48,32 @@ from typing import Mapping
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from .._validation import check_fields
+from .._validation import check_fields, resolve_dtype
+from ._util import positive_float
 from ..profiles.base import PROFILE_REGISTRY, MassProfile, get_profile
 
 tfd = tfp.distributions
+tfb = tfp.bijectors
 
-__all__ = ["PRIOR_FAMILIES", "LENS_SHORTHANDS", "ROLE_PRIORS", "ComponentSpec", "SubhaloSpec",
-           "ModelSpec", "expand_lens", "build_prior", "check_prior", "prior_support"]
+__all__ = ["log_uniform", "PRIOR_FAMILIES", "LENS_SHORTHANDS", "ROLE_PRIORS", "ComponentSpec",
+           "SubhaloSpec", "ModelSpec", "expand_lens", "build_prior", "check_prior",
+           "prior_support"]
 
 
-def _log_uniform(low, high, dtype):
-    from .model import log_uniform
+def log_uniform(low, high, dtype=tf.float32, name="LogUniform"):
+    r"""Log-uniform distribution on ``[low, high]``: ``p(m) = 1 / (m ln(high / low))``.
 
-    return log_uniform(low, high, dtype)
+    Built as ``TransformedDistribution(Uniform(ln low, ln high), Exp())`` (TFP has no
+    ``LogUniform``); its default event-space bijector is ``Exp o Sigmoid``.
+    """
+    low = positive_float(low, "low")
+    high = positive_float(high, "high")
+    if not high > low:
+        raise ValueError(f"high must be larger than low, got low={low!r}, high={high!r}")
+    dtype = resolve_dtype(dtype)
+    return tfd.TransformedDistribution(
+        tfd.Uniform(tf.constant(math.log(low), dtype), tf.constant(math.log(high), dtype)),
+        tfb.Exp(), name=name)
 
 
 # family -> (argument names, builder(args, dtype), support(args))
@@ -74,7 +87,7 @@ PRIOR_FAMILIES = {
     "truncated_normal": (("loc", "scale", "low", "high"),
                          lambda a, dt: tfd.TruncatedNormal(*(tf.constant(v, dt) for v in a)),
                          lambda a: (a[2], a[3])),
-    "log_uniform": (("low", "high"), lambda a, dt: _log_uniform(a[0], a[1], dt),
+    "log_uniform": (("low", "high"), lambda a, dt: log_uniform(a[0], a[1], dt),
                     lambda a: (a[0], a[1])),
 }
 _SCALES = ("fov", "amp")

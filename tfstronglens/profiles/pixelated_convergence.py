@@ -396,25 +396,20 @@ class PixelatedConvergence(MassProfile):
         channels = khat.shape[0]
         return tf.reshape(out, tf.concat([tf.shape(kappa)[:-2], [channels, side, side]], 0))
 
-    def _lattice(self, kappa, potential: bool):
-        """The interpolated lattice ``[..., C, _ne, _ne]``: ``(alpha_x, alpha_y)`` or ``psi``.
-        In "smooth" mode alpha is the fourth-order central difference of psi."""
-        kappa = self._effective_kappa(kappa)
+    def _lattice(self, kappa_eff, potential: bool):
+        """The interpolated lattice ``[..., C, _ne, _ne]``: ``(alpha_x, alpha_y)`` or ``psi``
+        of the effective map (:meth:`_effective_kappa`). In "smooth" mode alpha is the
+        fourth-order central difference of psi."""
         if self.quadrature == "square":
-            return self._fields(kappa, self._khat_psi if potential else self._khat_alpha)
-        psi = self._fields(kappa, self._khat_psi)[..., 0, :, :]
+            return self._fields(kappa_eff, self._khat_psi if potential else self._khat_alpha)
+        psi = self._fields(kappa_eff, self._khat_psi)[..., 0, :, :]
         if potential:
             return psi[..., None, 2:-2, 2:-2]
-
-        def diff(f, axis):
-            def sl(a, b):
-                idx = [slice(None)] * (f.shape.rank or 3)
-                idx[axis] = slice(a, b if b else None)
-                return f[tuple(idx)]
-            return (sl(0, -4) - 8.0 * sl(1, -3) + 8.0 * sl(3, -1) - sl(4, 0)) / (12.0 * self._step)
-
-        ax = diff(psi, -1)[..., 2:-2, :]
-        ay = diff(psi, -2)[..., :, 2:-2]
+        rows, cols = psi[..., 2:-2, :], psi[..., :, 2:-2]
+        step = 12.0 * self._step
+        ax = (rows[..., :-4] - 8.0 * rows[..., 1:-3] + 8.0 * rows[..., 3:-1] - rows[..., 4:]) / step
+        ay = (cols[..., :-4, :] - 8.0 * cols[..., 1:-3, :] + 8.0 * cols[..., 3:-1, :]
+              - cols[..., 4:, :]) / step
         return tf.stack([ax, ay], axis=-3)
 
     @staticmethod
@@ -501,10 +496,11 @@ class PixelatedConvergence(MassProfile):
     # ------------------------------------------------------------- physics
     def _deflection(self, x, y, kappa, center_x, center_y):
         fx, fy, outside, (zx, zy), (cx, cy) = self._grid_and_box(x, y, kappa, center_x, center_y)
-        field = self._lattice(kappa, potential=False)
+        kappa_eff = self._effective_kappa(kappa)
+        field = self._lattice(kappa_eff, potential=False)
         ax, ay = self._interpolate(field, fx, fy, self._batched(kappa), 2, self._ne,
                                    self.interpolation)
-        q_re, q_im = self._moments(self._effective_kappa(kappa))
+        q_re, q_im = self._moments(kappa_eff)
 
         def multipole(px, py):
             # conj(alpha) = sum_l Q_l half^l / z^(l+1) / pi = u S / (pi half)
@@ -521,10 +517,11 @@ class PixelatedConvergence(MassProfile):
 
     def _potential(self, x, y, kappa, center_x, center_y):
         fx, fy, outside, (zx, zy), (cx, cy) = self._grid_and_box(x, y, kappa, center_x, center_y)
-        field = self._lattice(kappa, potential=True)
+        kappa_eff = self._effective_kappa(kappa)
+        field = self._lattice(kappa_eff, potential=True)
         (psi,) = self._interpolate(field, fx, fy, self._batched(kappa), 1, self._ne,
                                    self.interpolation)
-        q_re, q_im = self._moments(self._effective_kappa(kappa))
+        q_re, q_im = self._moments(kappa_eff)
         # psi = (Q_0 ln|z| - Re sum_{l>0} Q_l half^l / (l z^l)) / pi; Horner on Q_l / l
         q_re_l = [q_re[0] * 0.0] + [q / order for order, q in enumerate(q_re) if order]
         q_im_l = [q_im[0] * 0.0] + [q / order for order, q in enumerate(q_im) if order]
