@@ -246,6 +246,9 @@ def _fit(args) -> int:
     kwargs["compile_batch_size"] = min(16, args.num_starts)
     if spec is not None:
         kwargs.update(spec.model_kwargs())
+        source = kwargs.pop("source", source)  # a list of source components
+        if not isinstance(source, str) and any(c.profile == "PIXELATED" for c in source):
+            kwargs.update(source_prior="smooth")  # as --source pixelated
     else:
         kwargs.update(lens=args.lens, num_subhalos=args.subhalos,
                       lens_light=None if args.lens_light == "none" else "sersic",
@@ -271,7 +274,8 @@ def _fit(args) -> int:
                       checkpoint=os.path.join(args.out, "hmc_checkpoint.npz"))
     settings = {"image": os.path.abspath(args.image), "lens": args.lens,
                 "model": None if spec is None else spec.to_dict(),
-                "lens_light": args.lens_light, "source": args.source,
+                "lens_light": args.lens_light,
+                "source": args.source if spec is None else spec.to_dict()["source"],
                 "source_init": args.source_init,
                 "subhalos": args.subhalos, "z_lens": args.z_lens or 0.5,
                 "z_source": args.z_source or 2.0,

@@ -91,6 +91,14 @@ class Objective:
         """``[B, D] -> [B]``, uncompiled (traceable)."""
         return self.model.log_density(x, self.data, self.kind)
 
+    def target_log_prob(self, x):
+        """``[..., D] -> [...]`` (any leading dimensions, e.g. MCMC chains), uncompiled:
+        the ``target_log_prob_fn`` of a ``tfp.mcmc`` kernel."""
+        x = tf.convert_to_tensor(x, self.model.dtype)
+        batch = tf.shape(x)[:-1]
+        val = self.log_density(tf.reshape(x, [-1, self.model.num_params]))
+        return tf.reshape(val, batch)
+
     def value(self, x):
         """``[B, D] -> [B]``, compiled."""
         return self.model._padded("value", x, self.data, self.kind)
@@ -166,6 +174,11 @@ class LensModel:
         forward-difference gradient of the image, ``lambda = source_smoothness``,
         ``eps = 1e-2``: neighbouring pixels are correlated over ``~sqrt(lambda)``
         pixels and the marginal scale is ``~s / sqrt(eps + 4 lambda)``);
+      - a list of components (:class:`~tfstronglens.inference.spec.ComponentSpec`, their
+        dicts or registered light-profile names, e.g. ``["SERSIC_ELLIPSE",
+        {"profile": "SERSIC_ELLIPSE", "priors": {"R_sersic": {...}}}]``): their light adds,
+        parameters ``source.i.<name>``; a ``PIXELATED`` component (with ``settings``
+        ``num_pix``, ``pixel_scale``) must be the only one and takes the prior above;
       - a :class:`~tfstronglens.profiles.LightProfile` instance, e.g. a VAE decoder
         (``tfstronglens.models.VAESource``). A vector parameter ``z``
         (``param_event_ndims["z"] == 1``) of length ``K`` (the profile's
@@ -252,7 +265,8 @@ class LensModel:
     Args:
       observation: the :class:`~tfstronglens.observation.Observation` (pixels, PSF, noise).
       lens: ``"sie+shear"`` (default) or ``"epl+shear"``.
-      source: ``"sersic"`` (default), ``"pixelated"`` or a LightProfile instance.
+      source: ``"sersic"`` (default), ``"pixelated"``, a list of light-profile components or
+        a LightProfile instance.
       lens_light: ``None`` (default) or ``"sersic"`` (or a LightProfile instance).
       num_subhalos: number of candidate subhalos (int >= 0).
       subhalo_profile: ``"TNFW"`` (default), ``"POINT_MASS"``, ``"PJAFFE"`` or ``"SIS"``.
@@ -363,7 +377,12 @@ class LensModel:
 
         # source
         self.latent_dim = 0
-        if isinstance(source, str):
+        self.source_components = ()
+        if isinstance(source, (list, tuple)):
+            srcs = self._source_component_profiles(source)
+            src = srcs[0]
+            self.source_model = "components"
+        elif isinstance(source, str):
             skey = source.lower()
             if skey not in SOURCE_MODELS:
                 raise ValueError(f"source must be one of {SOURCE_MODELS} or a LightProfile "
@@ -385,6 +404,8 @@ class LensModel:
                 if self.latent_dim is None:
                     raise ValueError(f"the source profile {type(src).__name__} has a latent "
                                      "vector z but no latent_dim attribute; give latent_dim=")
+        if not self.source_components:
+            srcs = [src]
         other_event = [n for n, k in src.param_event_ndims.items()
                        if k and not (n == "z" and self.latent_dim) and
                        not isinstance(src, PixelatedSource)]
@@ -426,12 +447,12 @@ class LensModel:
                 raise ValueError(f"source=RIMSource() names its lens profiles without settings; "
                                  f"{configured} have non-default settings (e.g. a multipole's "
                                  "order): fit them with another source")
-            src = src.bind(grid, [p.name for p in lens_profiles], kernel.shape[-1])
+            srcs = [src.bind(grid, [p.name for p in lens_profiles], kernel.shape[-1])]
         self.simulator = Simulator(grid,
-                                   lens=lens_profiles, source=[src], lens_light=light_profiles,
+                                   lens=lens_profiles, source=srcs, lens_light=light_profiles,
                                    psf=observation.psf, jit_compile=bool(jit_compile))
         self._components = {"lens": lens_profiles[:n_main], "lens_light": light_profiles,
-                            "source": [src]}
+                            "source": srcs}
 
         # ------------------------------------------------------- noise, mask, data
         n = self.num_pix
@@ -450,6 +471,7 @@ class LensModel:
                 raise ValueError(f"mask must be a boolean [{n}, {n}] array, got shape "
                                  f"{mk.shape}, dtype {mk.dtype}")
             self.mask = tf.constant(mk.astype(bool).astype(dt.as_numpy_dtype))
+        self._checked = None  # the last data tensor checked (see _check_data)
         self.data = None if data is None else self._check_data(data)
 
         # -------------------------------------------------------- parameters
@@ -460,14 +482,40 @@ class LensModel:
         self.compile_batch_size = (None if compile_batch_size is None else
                                    positive_int(compile_batch_size, "compile_batch_size"))
 
+    def _source_component_profiles(self, source):
+        """Profiles of a source given as a list of components (sets
+        ``self.source_components``): light profiles; a pixelated one stands alone."""
+        if not source:
+            raise ValueError("source must be a non-empty list of components, got []")
+        self.source_components = tuple(ComponentSpec.from_any(c, f"source[{i}]")
+                                       for i, c in enumerate(source))
+        profs = [c.make_profile(self.dtype, f"source[{i}]")
+                 for i, c in enumerate(self.source_components)]
+        for i, prof in enumerate(profs):
+            if not isinstance(prof, LightProfile):
+                raise ValueError(f"source[{i}].profile: {prof.name} is not a light profile")
+            if prof.param_event_ndims and len(profs) > 1:
+                raise ValueError(f"source[{i}].profile: a {prof.name} source must be the "
+                                 "only source component")
+            if "z" in prof.param_event_ndims:
+                raise ValueError(f"source[{i}].profile: a latent-space source ({prof.name}) "
+                                 "needs its trained decoder: pass a VAESource instance")
+        return profs
+
     # ================================================================ parameters
+    def _prior_from_spec(self, spec, shape=()):
+        """The distribution of a checked prior spec; an event-shaped parameter (``shape``)
+        gets independent draws of it (``tfd.Sample``)."""
+        dist = build_prior(spec, self.dtype, fov=self.field_of_view, amp=self.amp_scale)
+        return tfd.Sample(dist, list(shape)) if shape else dist
+
     def _default_prior(self, kind, prof, pname):
         """The profile's own default prior for ``pname``, else its role's
         (:data:`~tfstronglens.inference.spec.ROLE_PRIORS`), else None."""
         spec = prof.default_priors().get(pname) or ROLE_PRIORS[kind].get(pname)
         if spec is None:
             return None
-        return build_prior(spec, self.dtype, fov=self.field_of_view, amp=self.amp_scale)
+        return self._prior_from_spec(spec, prof.param_event_shape(pname))
 
     def _pixelated_prior(self, prof):
         kind, scale, smooth = self._source_prior_args
@@ -515,7 +563,8 @@ class LensModel:
         priors, fixed = dict(priors), dict(fixed)
         tied = {}
         for kind, comps in (("lens", self.lens_components),
-                            ("lens_light", self.lens_light_components)):
+                            ("lens_light", self.lens_light_components),
+                            ("source", self.source_components)):
             for i, comp in enumerate(comps):
                 for key, src in (("priors", comp.priors), ("fixed", comp.fixed),
                                  ("tied", comp.tied)):
@@ -558,6 +607,8 @@ class LensModel:
             kind, i, pname = target
             if kind == "source" and self.source_model == "rim":
                 continue  # reconstructed from the data at every evaluation
+            shape = (self._components[kind][i].param_event_shape(pname)
+                     if kind in self._components else ())
             if name in priors:
                 dist = priors[name]
                 if isinstance(dist, dict):  # a prior spec (see inference.spec)
@@ -565,19 +616,18 @@ class LensModel:
                     if kind in self._components:
                         check_support(spec, self._components[kind][i], pname,
                                       f"priors[{name!r}]")
-                    dist = build_prior(spec, dt, fov=self.field_of_view, amp=self.amp_scale)
+                    dist = self._prior_from_spec(spec, shape)
                 if not isinstance(dist, tfd.Distribution):
                     raise ValueError(f"priors[{name!r}] must be a tfp.distributions."
                                      f"Distribution, got {dist!r}")
                 if dist.dtype != dt:
                     raise ValueError(f"priors[{name!r}] has dtype {tf.as_dtype(dist.dtype).name}"
                                      f", the model {dt.name}")
-                if kind != "source" or not isinstance(self._components["source"][0],
-                                                      PixelatedSource) or pname != "image":
-                    if dist.event_shape.rank != 0 or dist.batch_shape.rank != 0:
-                        raise ValueError(f"priors[{name!r}] must be a scalar distribution "
-                                         f"(batch and event shape []), got batch shape "
-                                         f"{dist.batch_shape}, event shape {dist.event_shape}")
+                if tuple(dist.event_shape.as_list()) != shape or dist.batch_shape.rank != 0:
+                    what = ("be a scalar distribution (batch and event shape [])" if not shape
+                            else f"have batch shape [] and event shape {list(shape)}")
+                    raise ValueError(f"priors[{name!r}] must {what}, got batch shape "
+                                     f"{dist.batch_shape}, event shape {dist.event_shape}")
                 params.append(_Param(name, dist, target))
                 continue
             if kind == "source_z":
@@ -675,12 +725,15 @@ class LensModel:
         n = self.num_pix
         if isinstance(data, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly():
             return tf.cast(data, self.dtype)
+        if data is self._checked:  # bound by an earlier objective(): checked already
+            return data
         arr = np.asarray(data.numpy() if hasattr(data, "numpy") else data)
         if arr.ndim < 2 or arr.shape[-2:] != (n, n):
             raise ValueError(f"data must have shape [..., {n}, {n}], got {arr.shape}")
         if arr.dtype.kind not in "fiu" or not np.all(np.isfinite(arr)):
             raise ValueError("data must be a finite real image")
-        return tf.constant(arr.astype(self.dtype.as_numpy_dtype))
+        self._checked = tf.constant(arr.astype(self.dtype.as_numpy_dtype))
+        return self._checked
 
     def resolve_data(self, data=None):
         """``data`` checked (shape ``[..., N, N]``, finite) as a tensor of the model's
@@ -771,7 +824,7 @@ class LensModel:
                              host_center_y=ex(main.get("center_y", 0.0)))
             kw = subhalo_lens_kwargs(sample, self.lens_cosmology, self.subhalo_profile, **extra)
             lens += unstack_lens_kwargs(kw)
-        source = [comp("source", 0)]
+        source = [comp("source", i) for i in range(len(self._components["source"]))]
         if self.source_model == "rim":
             source = [{"image": self._rim_source(lens, self.resolve_data(data))}]
         light = [comp("lens_light", i) for i in range(len(self._components["lens_light"]))]
@@ -787,8 +840,14 @@ class LensModel:
 
     @property
     def source_profile(self):
-        """The source's light profile (e.g. Sersic, PixelatedSource, a VAE decoder)."""
+        """The (first) source's light profile (e.g. Sersic, PixelatedSource, a VAE
+        decoder)."""
         return self._components["source"][0]
+
+    @property
+    def source_profiles(self) -> tuple:
+        """Every source component's light profile (they add)."""
+        return tuple(self._components["source"])
 
     def _rim_source(self, lens, data):
         """The RIM's source images ``[B, n, n]`` for lens kwargs with batch ``[B]``."""
@@ -893,19 +952,13 @@ class LensModel:
         return tf.reshape(self._log_prior_flat(flat) + self._log_like_flat(flat, d), batch)
 
     def sample_prior(self, n: int = 1, seed=None) -> dict:
-        """``n`` draws from the prior: dict name -> ``[n, *event]`` tensors."""
+        """``n`` draws from the joint prior :attr:`prior`: dict name -> ``[n, *event]``."""
         n = positive_int(n, "n")
-        # (component by component: the same draws' distribution as self.prior.sample, without
-        # the JointDistribution's tracing of the model for static attributes)
-        seeds = tfp.random.split_seed(as_seed(seed), len(self._params))
-        return {p.name: p.dist.sample(n, seed=s) for p, s in zip(self._params, seeds)}
+        return dict(self.prior.sample(n, seed=as_seed(seed)))
 
     def _log_prior_flat(self, params):
-        """``sum_k log p_k(params[k])`` (== ``self.prior.log_prob``: independent priors)."""
-        total = 0.0
-        for p in self._params:
-            total = total + p.dist.log_prob(params[p.name])
-        return total
+        """``log p(params)`` under the joint prior :attr:`prior`, ``[B]``."""
+        return self.prior.log_prob({p.name: params[p.name] for p in self._params})
 
     # ================================================== unconstrained coordinates
     def _split_flat(self, x):
@@ -1067,26 +1120,18 @@ class LensModel:
 
     def target_log_prob_fn(self, data=None, objective: str = "posterior"):
         """A function ``x [..., D] -> [...]`` (the unconstrained log posterior for this
-        data), for samplers such as ``tfp.mcmc``; it may be called inside a
-        ``tf.function`` (it is then compiled as part of the caller)."""
-        self._check_objective(objective)
-        d = self.resolve_data(data)
-
-        def target(x):
-            x = tf.convert_to_tensor(x, self.dtype)
-            batch = tf.shape(x)[:-1]
-            val = self._unconstrained_impl(tf.reshape(x, [-1, self.num_params]), d, objective)
-            return tf.reshape(val, batch)
-
-        return target
+        data), for samplers such as ``tfp.mcmc``: :meth:`Objective.target_log_prob`. It
+        may be called inside a ``tf.function`` (it is then compiled as part of the
+        caller)."""
+        return self.objective(data, objective).target_log_prob
 
     def sample_unconstrained_prior(self, n: int, seed=None):
         """``n`` prior draws mapped to unconstrained space, ``[n, D]``."""
         return self.to_flat(self.sample_prior(n, seed))
 
     def __repr__(self):
-        src = self.source_model if self.source_model != "profile" else \
-            type(self._components["source"][0]).__name__
+        src = (self.source_model if self.source_model not in ("profile", "components")
+               else [type(p).__name__ for p in self._components["source"]])
         light = [type(p).__name__ for p in self._components["lens_light"]]
         return (f"LensModel(lens={self.lens_model!r}, source={src!r}, lens_light={light}, "
                 f"num_subhalos={self.num_subhalos}, D={self.num_params}, "

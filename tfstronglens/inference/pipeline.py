@@ -230,7 +230,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             map_result.param_names) == list(model.param_names)):
         raise ValueError(f"map_result must be a MAPResult of this model (parameters "
                          f"{list(model.param_names)}), got {map_result!r}")
-    d = model.resolve_data(data)
+    objective = model.objective(data)  # the data are checked and bound once, here
+    d = objective.data
     base = as_seed(seed)
     seeds = [tf.constant([int(base[0]) + 1000 * (i + 1), int(base[1])], tf.int32)
              for i in range(5)]
@@ -290,7 +291,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             samples = draws[:, None, :]
         else:
             t = time.perf_counter()
-            x_target = model.target_log_prob_fn(d)
+            x_target = objective.target_log_prob
             if neutra:
                 flow = vi_res.surrogate.bijector
 
@@ -414,17 +415,16 @@ def _source_image(model: LensModel, params: dict, n: int = 100):
     """The source-plane surface brightness of the best fit on an ``n x n`` grid of half the
     field of view, centred on the source centre; returns ``(image, extent)``."""
     _, source, _ = model.component_kwargs(params)
-    prof = model.source_profile
-    kw = {k: v for k, v in source[0].items()}
-    cx = float(np.ravel(np.asarray(kw.get("center_x", 0.0)))[0])
-    cy = float(np.ravel(np.asarray(kw.get("center_y", 0.0)))[0])
+    cx = float(np.ravel(np.asarray(source[0].get("center_x", 0.0)))[0])
+    cy = float(np.ravel(np.asarray(source[0].get("center_y", 0.0)))[0])
     half = 0.25 * model.num_pix * model.observation.pixel_scale
     xs = np.linspace(-half, half, n)
     xx, yy = np.meshgrid(xs + cx, xs + cy)
     dtype = model.dtype.as_numpy_dtype
-    img = prof.surface_brightness(tf.constant(xx[None], dtype), tf.constant(yy[None], dtype),
-                                  **kw)
-    img = np.asarray(img).reshape(n, n)
+    img = sum(np.asarray(prof.surface_brightness(tf.constant(xx[None], dtype),
+                                                 tf.constant(yy[None], dtype), **kw))
+              for prof, kw in zip(model.source_profiles, source))
+    img = img.reshape(n, n)
     step = xs[1] - xs[0]
     extent = (cx - half - step / 2, cx + half + step / 2, cy - half - step / 2,
               cy + half + step / 2)

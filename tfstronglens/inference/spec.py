@@ -56,7 +56,7 @@ tfd = tfp.distributions
 tfb = tfp.bijectors
 
 __all__ = ["log_uniform", "PRIOR_FAMILIES", "LENS_SHORTHANDS", "ROLE_PRIORS", "ComponentSpec",
-           "SubhaloSpec", "ModelSpec", "expand_lens", "build_prior", "check_prior",
+           "SubhaloSpec", "ModelSpec", "expand_lens", "expand_source", "build_prior", "check_prior",
            "prior_support"]
 
 
@@ -288,18 +288,40 @@ class SubhaloSpec:
 _SOURCES = ("sersic", "pixelated", "vae", "rim")
 
 
+def expand_source(source, where: str = "source"):
+    """A source name of :data:`_SOURCES` (kept as the name: ``vae``/``rim`` need the
+    caller's trained models) or a list of light-profile components -> a tuple of
+    :class:`ComponentSpec`."""
+    if isinstance(source, str):
+        if source not in _SOURCES:
+            raise ValueError(f"{where} must be one of {_SOURCES} or a list of components, got "
+                             f"{source!r}")
+        return source
+    if not isinstance(source, (list, tuple)) or not source:
+        raise ValueError(f"{where} must be one of {_SOURCES} or a non-empty list of "
+                         f"components, got {source!r}")
+    comps = tuple(ComponentSpec.from_any(c, f"{where}[{i}]") for i, c in enumerate(source))
+    for i, c in enumerate(comps):
+        if issubclass(PROFILE_REGISTRY[c.profile], MassProfile):
+            raise ValueError(f"{where}[{i}].profile: {c.profile} is not a light profile")
+    return comps
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A whole lens model as data (see the module docs).
 
     Fields: ``lens`` (components), ``source`` (``"sersic"``, ``"pixelated"``, ``"vae"`` or
-    ``"rim"``, as ``fit --source``), ``lens_light`` (components; ``()`` for none),
+    ``"rim"``, as ``fit --source``, or a list of light-profile components such as
+    ``[{"profile": "SERSIC_ELLIPSE"}, {"profile": "SERSIC_ELLIPSE", "priors": ...}]`` or
+    ``[{"profile": "PIXELATED", "settings": {"num_pix": 40, "pixel_scale": 0.03}}]``),
+    ``lens_light`` (components; ``()`` for none),
     ``subhalos`` (:class:`SubhaloSpec`), ``z_lens`` and ``z_source`` (required with
     subhalos), ``priors`` and ``fixed`` by full parameter name (``"lens.0.theta_E"``).
     """
 
     lens: tuple
-    source: str = "sersic"
+    source: str | tuple = "sersic"
     lens_light: tuple = ()
     subhalos: SubhaloSpec = SubhaloSpec()
     z_lens: float | None = None
@@ -322,9 +344,7 @@ class ModelSpec:
             raise ValueError(f"lens_light must be null, 'sersic' or a list of components, got "
                              f"{light!r}")
         light = tuple(ComponentSpec.from_any(c, f"lens_light[{i}]") for i, c in enumerate(light))
-        source = d.get("source", "sersic")
-        if source not in _SOURCES:
-            raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
+        source = expand_source(d.get("source", "sersic"))
         sub = d.get("subhalos") or {}
         if isinstance(sub, numbers.Integral) and not isinstance(sub, bool):
             sub = {"count": int(sub)}
@@ -357,7 +377,9 @@ class ModelSpec:
                    dict(d.get("fixed", {})))
 
     def to_dict(self) -> dict:
-        out = {"lens": [c.to_dict() for c in self.lens], "source": self.source,
+        out = {"lens": [c.to_dict() for c in self.lens],
+               "source": (self.source if isinstance(self.source, str)
+                          else [c.to_dict() for c in self.source]),
                "lens_light": [c.to_dict() for c in self.lens_light],
                "subhalos": self.subhalos.to_dict()}
         for key in ("z_lens", "z_source"):
@@ -388,13 +410,16 @@ class ModelSpec:
                 f.write(json.dumps(self.to_dict(), indent=1) + "\n")
 
     def model_kwargs(self) -> dict:
-        """Keyword arguments of :class:`~tfstronglens.inference.LensModel` (``source``
-        stays a name: ``vae``/``rim`` need the caller's models)."""
+        """Keyword arguments of :class:`~tfstronglens.inference.LensModel`; a named
+        ``source`` is left to the caller (``vae``/``rim`` need its trained models), a list
+        of components is included."""
         kw = dict(lens=list(self.lens), lens_light=list(self.lens_light) or None,
                   num_subhalos=self.subhalos.count, subhalo_profile=self.subhalos.profile,
                   subhalo_mass_range=self.subhalos.mass_range,
                   subhalo_region=self.subhalos.region, priors=dict(self.priors),
                   fixed=dict(self.fixed))
+        if not isinstance(self.source, str):
+            kw["source"] = list(self.source)
         if self.z_lens is not None:
             kw["z_lens"] = self.z_lens
         if self.z_source is not None:

@@ -70,6 +70,17 @@ class Profile:
     def required_params(self) -> tuple:
         return tuple(p for p in self.param_names if p not in self.defaults)
 
+    def param_event_shape(self, pname: str) -> tuple:
+        """Static event shape of parameter ``pname``: ``()`` for a scalar; profiles with
+        event-shaped parameters (``param_event_ndims``) override this."""
+        if pname not in self.param_names:
+            raise ValueError(f"{type(self).__name__} has no parameter {pname!r}; it has "
+                             f"{list(self.param_names)}")
+        if self.param_event_ndims.get(pname, 0):
+            raise NotImplementedError(f"{type(self).__name__} does not declare the event "
+                                      f"shape of {pname!r}")
+        return ()
+
     def default_priors(self) -> dict:
         """Default priors of this profile's parameters as prior specs
         (:mod:`tfstronglens.inference.spec`), used when a model has no prior for them and

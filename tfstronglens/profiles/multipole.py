@@ -96,10 +96,14 @@ class _MultipoleProfile(MassProfile):
 
     def default_priors(self) -> dict:
         """``a_m`` uniform in [0, 0.1] arcsec (a fractional amplitude up to ~10% of a 1"
-        lens), ``phi_m`` uniform over one period ``2 pi / m``; none for ``q``."""
+        lens), ``phi_m`` uniform over one period ``2 pi / m``, and (elliptical form) ``q``
+        uniform in [0.4, 1] (tie it to the main deflector's axis ratio where known)."""
         half_period = math.pi / self.m
-        return {"a_m": {"uniform": [0.0, 0.1]},
-                "phi_m": {"uniform": [-half_period, half_period]}}
+        priors = {"a_m": {"uniform": [0.0, 0.1]},
+                  "phi_m": {"uniform": [-half_period, half_period]}}
+        if "q" in self.param_names:
+            priors["q"] = {"uniform": [0.4, 1.0]}
+        return priors
 
     def _all(self, x, y, **p):  # pragma: no cover - abstract
         """``(psi, alpha_x, alpha_y, kappa)``."""

@@ -177,6 +177,13 @@ class NFW(MassProfile):
     positive_params = ("Rs",)
     nonnegative_params = ("alpha_Rs",)
 
+    def default_priors(self) -> dict:
+        """For a galaxy- or group-scale halo: ``Rs`` log-uniform in [0.05, 5] F and
+        ``alpha_Rs`` (the deflection at ``Rs``, comparable to an Einstein radius) uniform in
+        [0.01, 0.5] F, ``F`` the field of view."""
+        return {"Rs": {"log_uniform": [0.05, 5.0], "scale": "fov"},
+                "alpha_Rs": {"uniform": [0.01, 0.5], "scale": "fov"}}
+
     def _deflection(self, x, y, Rs, alpha_Rs, center_x, center_y):
         dx, dy = x - center_x, y - center_y
         X = safe_norm(dx, dy) / Rs

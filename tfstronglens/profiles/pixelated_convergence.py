@@ -323,6 +323,16 @@ class PixelatedConvergence(MassProfile):
         # the moment of order 4 of a uniform square exceeds the point mass's by c_4 h^4
         self._square_c4 = _square_moment(4) * (h / half) ** 4
 
+    def param_event_shape(self, pname: str) -> tuple:
+        return (self.num_pix, self.num_pix) if pname == "kappa" else \
+            super().param_event_shape(pname)
+
+    def default_priors(self) -> dict:
+        """``kappa``: independent ``Normal(0, 0.1)`` pixels, a convergence correction of
+        ~10% on top of a parametric lens (as in potential-correction fits); a map that is
+        the whole lens needs a prior of its own."""
+        return {"kappa": {"normal": [0.0, 0.1]}}
+
     def get_config(self) -> dict:
         return {"name": self.name, "num_pix": self.num_pix, "pixel_scale": self.pixel_scale,
                 "margin": self.margin, "supersample": self.supersample,

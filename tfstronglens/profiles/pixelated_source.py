@@ -142,6 +142,10 @@ class PixelatedSource(LightProfile):
         self.pixel_scale = float(pixel_scale)
         self.interpolation = interpolation
 
+    def param_event_shape(self, pname: str) -> tuple:
+        return (self.num_pix, self.num_pix) if pname == "image" else \
+            super().param_event_shape(pname)
+
     def get_config(self):
         return {**super().get_config(), "num_pix": self.num_pix,
                 "pixel_scale": self.pixel_scale, "interpolation": self.interpolation}

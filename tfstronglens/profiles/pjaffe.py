@@ -43,6 +43,15 @@ class PseudoJaffe(MassProfile):
     positive_params = ("Ra", "Rs")
     nonnegative_params = ("sigma0",)
 
+    def default_priors(self) -> dict:
+        """For a galaxy-scale deflector: ``sigma0`` (the central convergence) log-uniform in
+        [0.1, 1e4], the core ``Ra`` log-uniform in [1e-3, 0.1] F and the truncation ``Rs``
+        in [0.1, 10] F (``F`` the field of view; disjoint ranges, so the symmetric pair is
+        not bimodal)."""
+        return {"sigma0": {"log_uniform": [0.1, 1e4]},
+                "Ra": {"log_uniform": [1e-3, 0.1], "scale": "fov"},
+                "Rs": {"log_uniform": [0.1, 10.0], "scale": "fov"}}
+
     @staticmethod
     def _roots(x, y, Ra, Rs, center_x, center_y):
         dx, dy = x - center_x, y - center_y

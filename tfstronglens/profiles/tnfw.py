@@ -126,6 +126,14 @@ class TNFW(MassProfile):
     positive_params = ("Rs", "r_trunc")
     nonnegative_params = ("alpha_Rs",)
 
+    def default_priors(self) -> dict:
+        """As :class:`NFW` (``Rs`` log-uniform in [0.05, 5] F, ``alpha_Rs`` uniform in
+        [0.01, 0.5] F) and ``r_trunc`` log-uniform in [0.1, 20] F, ``F`` the field of
+        view."""
+        return {"Rs": {"log_uniform": [0.05, 5.0], "scale": "fov"},
+                "alpha_Rs": {"uniform": [0.01, 0.5], "scale": "fov"},
+                "r_trunc": {"log_uniform": [0.1, 20.0], "scale": "fov"}}
+
     def _deflection(self, x, y, Rs, alpha_Rs, r_trunc, center_x, center_y):
         dx, dy = x - center_x, y - center_y
         T = _TNFWTerms(safe_norm(dx, dy) / Rs, r_trunc / Rs)
