@@ -203,7 +203,8 @@ def test_fit_lens_neutra_samples_the_posterior_through_the_flow(simulated, map_f
 
 
 # ------------------------------------------------------------------ CLI
-SPEC = {"lens": [{"profile": "SIE"}, {"profile": "SHEAR"}], "source": "sersic",
+SPEC = {"lens": [{"profile": "SIE"}, {"profile": "SHEAR"}],
+        "source": [{"profile": "SERSIC_ELLIPSE"}],  # as "sersic", but given as components
         "priors": {"lens.0.theta_E": {"uniform": [0.3, 1.5]}}}
 
 
@@ -227,6 +228,7 @@ def test_fit_cli_map(tmp_path, simulated, capsys, how):
     summary = json.load(open(out / "summary.json"))
     if how == "spec":
         assert summary["settings"]["model"]["priors"] == SPEC["priors"]
+        assert summary["settings"]["source"] == SPEC["source"]
         assert 0.3 <= summary["parameters"]["lens.0.theta_E"]["mean"] <= 1.5
     else:
         assert summary["settings"]["lens"] == "sie+shear"
