@@ -181,14 +181,14 @@ def train_rim(out_dir, *, simulation: dict | None = None, steps: int = 2000,
     Returns the report.
     """
     from ..simulation import LensDatasetGenerator, LensSimulationConfig
-    from ..simulation.generator import LENS_PROFILES
+    from ..inference.spec import LENS_SHORTHANDS
 
     sim = dict(DEFAULT_RIM_SIMULATION if simulation is None else simulation)
     for key in ("seed", "galaxy_split"):
         sim.pop(key, None)
     config = LensSimulationConfig.from_dict(dict(sim, seed=int(seed), galaxy_split="train"))
     obs = config.observation()
-    lens_models = [LENS_PROFILES[config.lens_model], "SHEAR"]
+    lens_models = [c.profile for c in LENS_SHORTHANDS[config.lens_model]]
     psf_size = int(obs.psf.kernel(obs.pixel_scale).shape[-1])
     arch = dict(num_pix=config.num_pix, pixel_scale=obs.pixel_scale,
                 supersample=config.supersample, lens_models=lens_models,
