@@ -54,6 +54,8 @@ many steps too (otherwise an incompletely converged ``H0`` fit would inflate
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import warnings
 
@@ -88,6 +90,7 @@ def wilks_significance(delta_log_likelihood, dof: int = 3, boundary: bool = True
     return sigma, p
 
 
+@dataclasses.dataclass(frozen=True)
 class SubhaloDetection:
     """Result of :func:`detect_subhalo`.
 
@@ -95,14 +98,32 @@ class SubhaloDetection:
       delta_log_likelihood: ``max log L(H1) - max log L(H0)``.
       test_statistic: ``2 max(Delta log L, 0)``.
       p_value, significance_sigma: from :func:`wilks_significance`; dof, boundary.
-      mass: best-fit subhalo mass [M_sun] (``M200c``, see :class:`LensModel`);
+      mass: best-fit subhalo mass [M_sun] (``M200c`` or total mass under the model's
+        profile assumptions, see :class:`LensModel`);
       center_x, center_y: best-fit position [arcsec].
       fit_without, fit_with: the two :class:`MAPResult` s (maximum likelihood).
       log_bayes_factor_laplace: ``log Z1 - log Z0`` (Laplace) or ``None``.
+      mass_aperture: projected mass [M_sun] inside ``aperture`` arcsec of the subhalo;
+      mass_eff, r_pert: the effective lensing mass [M_sun] inside the perturbation radius
+        [arcsec] (:meth:`LensModel.subhalo_masses`: these do not lean on the profile).
     """
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    delta_log_likelihood: float
+    test_statistic: float
+    p_value: float
+    significance_sigma: float
+    dof: int
+    boundary: bool
+    mass: float
+    center_x: float
+    center_y: float
+    fit_without: MAPResult
+    fit_with: MAPResult
+    log_bayes_factor_laplace: float | None
+    mass_aperture: float
+    aperture: float
+    mass_eff: float
+    r_pert: float
 
     @property
     def detected_5sigma(self) -> bool:
@@ -210,10 +231,15 @@ def detect_subhalo(model: LensModel, data=None, num_starts: int = 64, num_steps:
             z0 = laplace_approximation(m0, fit0.x, d).log_evidence
             z1 = laplace_approximation(m1, fit1.x, d).log_evidence
         log_bf = z1 - z0
+    robust = m1.subhalo_masses({k: tf.convert_to_tensor(v)[None]
+                                for k, v in fit1.params.items()})
     return SubhaloDetection(
         delta_log_likelihood=float(dll), test_statistic=float(2 * max(dll, 0.0)),
         p_value=p, significance_sigma=sigma, dof=dof, boundary=boundary,
         mass=float(fit1.params["subhalo.0.mass"]),
         center_x=float(fit1.params["subhalo.0.center_x"]),
         center_y=float(fit1.params["subhalo.0.center_y"]),
-        fit_without=fit0, fit_with=fit1, log_bayes_factor_laplace=log_bf)
+        fit_without=fit0, fit_with=fit1, log_bayes_factor_laplace=log_bf,
+        mass_aperture=float(robust["subhalo.0.mass_aperture"][0]),
+        aperture=m1.subhalo_aperture, mass_eff=float(robust["subhalo.0.mass_eff"][0]),
+        r_pert=float(robust["subhalo.0.r_pert"][0]))

@@ -272,6 +272,8 @@ class LensModel:
       subhalo_profile: ``"TNFW"`` (default), ``"POINT_MASS"``, ``"PJAFFE"`` or ``"SIS"``.
       subhalo_mass_range: ``(m_min, m_max)`` in M_sun for the log-uniform mass prior.
       subhalo_region: ``(x_min, x_max, y_min, y_max)`` arcsec for the position prior.
+      subhalo_aperture: radius (arcsec, default 0.5) of the reported projected subhalo mass
+        ``subhalo.k.mass_aperture`` (:meth:`subhalo_masses`).
       lens_cosmology, z_lens, z_source, cosmology: the lens cosmology (subhalos only).
       priors: dict name -> ``tfd.Distribution`` overriding defaults (scalar event shape,
         the model's dtype).
@@ -308,6 +310,7 @@ class LensModel:
     def __init__(self, observation: Observation, lens="sie+shear", source="sersic",
                  lens_light=None, *, num_subhalos: int = 0, subhalo_profile: str = "TNFW",
                  subhalo_mass_range=(1e7, 1e11), subhalo_region=None,
+                 subhalo_aperture: float = 0.5,
                  lens_cosmology: LensCosmology | None = None, z_lens: float = 0.5,
                  z_source: float = 2.0, cosmology=None, priors: dict | None = None,
                  fixed: dict | None = None, noise_map=None, mask=None, data=None,
@@ -374,6 +377,7 @@ class LensModel:
             raise ValueError(f"subhalo_region must be (x_min, x_max, y_min, y_max) with "
                              f"x_min < x_max and y_min < y_max, got {subhalo_region!r}")
         self.subhalo_region = region
+        self.subhalo_aperture = positive_float(subhalo_aperture, "subhalo_aperture")
 
         # source
         self.latent_dim = 0
@@ -837,6 +841,44 @@ class LensModel:
         parameters; ``data`` is what a RIM source reconstructs from (default the model's)."""
         flat, _ = self._batch(params)
         return self._component_kwargs(flat, data)
+
+    def subhalo_masses(self, params: dict) -> dict:
+        """Masses of the candidate subhalos that do not lean on the assumed profile, for a
+        dict of the free parameters (any batch shape), in M_sun:
+
+        * ``subhalo.k.mass_aperture``: the projected mass inside ``subhalo_aperture``
+          arcsec of the subhalo's centre. At HST-like resolution the image constrains the
+          subhalo's deflection over a few tenths of an arcsec: with the default 0.5", fits
+          with TNFW subhalos of the default concentration recovered it to 0.95, 0.90 and
+          1.32 times the truth for a TNFW of 4x that concentration, a pseudo-Jaffe and a
+          point mass, whose fitted M200 was off by factors of 5, 12 and 15
+          (``tests/test_subhalo_mass.py``).
+        * ``subhalo.k.mass_eff`` inside the perturbation radius ``subhalo.k.r_pert``
+          (arcsec; Minor et al. 2017, :mod:`tfstronglens.observation.subhalo_mass`) for the
+          host's ``theta_E`` and slope (``lens.0.gamma``, 2 without). Robust between
+          compact profiles; for a diffuse subhalo ``r_pert`` falls below the resolution
+          and the number says more about the profile than about the data.
+        """
+        from ..observation.subhalo_mass import effective_lensing_mass, enclosed_mass
+
+        if not self.num_subhalos:
+            return {}
+        flat, batch = self._batch(params)
+        lens, _, _ = self._component_kwargs(flat)
+        main = lens[0]
+        slope = main.get("gamma", 2.0)
+        prof = self.simulator.lens[len(self._components["lens"])]
+        out = {}
+        for k in range(self.num_subhalos):
+            kw = lens[len(self._components["lens"]) + k]
+            r_p, m = effective_lensing_mass(prof, kw, main["theta_E"], self.lens_cosmology,
+                                            host_slope=slope)
+            m_ap = enclosed_mass(prof, kw, tf.constant(self.subhalo_aperture, self.dtype),
+                                 self.lens_cosmology)
+            out[f"subhalo.{k}.mass_aperture"] = tf.reshape(m_ap, batch)
+            out[f"subhalo.{k}.r_pert"] = tf.reshape(r_p, batch)
+            out[f"subhalo.{k}.mass_eff"] = tf.reshape(m, batch)
+        return out
 
     @property
     def source_profile(self):

@@ -65,6 +65,9 @@ class FitResult:
       summary: ``{name: {mean, std, p16, p50, p84[, r_hat, ess_bulk, ess_tail]}}`` for
         every scalar parameter (R-hat and ESS only for HMC).
       best_fit: ``{name: value}`` at the MAP.
+      subhalo_masses: the same statistics of the profile-robust subhalo masses
+        (``subhalo.k.mass_aperture``, ``mass_eff``, ``r_pert``;
+        :meth:`LensModel.subhalo_masses`) over the draws; empty without subhalos.
       map, laplace, vi, mcmc, detection: the stage results (``None`` where not run).
       timings: seconds per stage and in total.
       settings: the arguments of the run.
@@ -116,6 +119,20 @@ def _simple_summary(draws: np.ndarray, names, keep) -> dict:
                          "p16": float(pct[0, i]), "p50": float(pct[1, i]),
                          "p84": float(pct[2, i])}
     return out
+
+
+def _subhalo_mass_summary(model: LensModel, x, max_draws: int = 4000) -> dict:
+    """Posterior summaries of the profile-robust subhalo masses
+    (:meth:`LensModel.subhalo_masses`) over unconstrained draws ``x [n, D]`` (thinned to at
+    most ``max_draws``)."""
+    if not model.num_subhalos:
+        return {}
+    x = np.asarray(x)
+    x = x[:: max(1, len(x) // max_draws)]
+    derived = model.subhalo_masses(model.from_flat(tf.constant(x, model.dtype)))
+    names = list(derived)
+    table = np.stack([np.asarray(derived[n], np.float64) for n in names], axis=-1)
+    return _simple_summary(table, names, set(names))
 
 
 # Levenberg-Marquardt polishing of the MAP costs 2 D renders per start and iteration.
@@ -275,6 +292,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         chol = np.linalg.cholesky(laplace.covariance + 1e-12 * np.eye(len(names)))
         x = laplace.mean + rng.standard_normal((num_samples, len(names))) @ chol.T
         draws = _constrained(model, x)
+        x_draws = x
         summary = _simple_summary(draws, names, keep)
         samples = draws[:, None, :]
         timings["laplace"] = time.perf_counter() - t
@@ -285,6 +303,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                         num_samples=num_samples, progress=progress)
         timings["vi"] = time.perf_counter() - t
         x_vi = np.asarray(vi_res.samples_unconstrained)
+        x_draws = x_vi
         if method == "vi":
             draws = _constrained(model, x_vi)
             summary = _simple_summary(draws, names, keep)
@@ -324,6 +343,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     mcmc.warmup_samples = _through(flow, mcmc.warmup_samples)
             timings["hmc"] = time.perf_counter() - t
             samples = _constrained(model, mcmc.samples)
+            x_draws = np.reshape(mcmc.samples, (-1, len(names)))
             stats = summarize(samples, names=names)
             summary = {}
             for name in names:
@@ -333,6 +353,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                 summary[name] = {"mean": s["mean"], "std": s["sd"], "p16": s["p16"],
                                  "p50": s["p50"], "p84": s["p84"], "r_hat": s["r_hat"],
                                  "ess_bulk": s["ess_bulk"], "ess_tail": s["ess_tail"]}
+
+    subhalo_masses = _subhalo_mass_summary(model, x_draws)
 
     detection = None
     if detect is None:
@@ -369,6 +391,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     return FitResult(method=method, param_names=names, samples=samples, summary=summary,
                      best_fit=best_fit, map=map_res, laplace=laplace, vi=vi_res, mcmc=mcmc,
                      detection=detection, timings=timings, settings=settings, model=model,
+                     subhalo_masses=subhalo_masses,
                      data=np.asarray(d))
 
 
@@ -385,6 +408,10 @@ def detection_summary(det: SubhaloDetection) -> dict:
         "dof": int(det.dof),
         "boundary": bool(det.boundary),
         "mass_msun": float(det.mass),
+        "mass_aperture_msun": float(det.mass_aperture),
+        "aperture_arcsec": float(det.aperture),
+        "mass_eff_msun": float(det.mass_eff),
+        "r_pert_arcsec": float(det.r_pert),
         "center_x": float(det.center_x),
         "center_y": float(det.center_y),
         "log_bayes_factor_laplace": num(det.log_bayes_factor_laplace),
@@ -392,7 +419,13 @@ def detection_summary(det: SubhaloDetection) -> dict:
                        "subhalo), both maximised by multi-start optimisation; "
                        "significance_sigma from Wilks' theorem with the stated dof "
                        "(chi-squared mixture at the mass boundary when boundary=true), "
-                       "converted to a one-sided Gaussian sigma"),
+                       "converted to a one-sided Gaussian sigma. mass_msun is M200c (TNFW, "
+                       "NFW) or the total mass (PJAFFE, SIS, POINT_MASS) under the model's "
+                       "profile assumptions, which the data do not constrain; "
+                       "mass_aperture_msun is the projected mass inside aperture_arcsec of "
+                       "the subhalo and mass_eff_msun the projected mass inside the "
+                       "perturbation radius r_pert_arcsec (Minor et al. 2017): these two "
+                       "barely depend on the assumed profile"),
     }
 
 
@@ -474,6 +507,14 @@ def write_fit_outputs(result: FitResult, out_dir, overwrite: bool = False,
             "min_ess_bulk": min((v["ess_bulk"] for v in result.summary.values()),
                                 default=None),
         }
+    if result.subhalo_masses:
+        summary["subhalo_masses"] = dict(
+            result.subhalo_masses, aperture_arcsec=model.subhalo_aperture,
+            definition=("mass_aperture: projected mass (M_sun) inside aperture_arcsec of the "
+                        "subhalo's centre; mass_eff: projected mass (M_sun) inside the "
+                        "perturbation radius r_pert (arcsec, Minor et al. 2017). Unlike "
+                        "subhalo.k.mass (M200c or total mass under the model's profile "
+                        "assumptions) they barely depend on the assumed profile"))
     if result.detection is not None:
         summary["subhalo_detection"] = detection_summary(result.detection)
     if truths:
