@@ -5,6 +5,7 @@ from .observation import Observation
 from .cosmology import LensCosmology
 from .halos import (Duffy08Concentration, isothermal_enclosed_mass, tidal_radius,
                     truncation_radius_isothermal)
+from .subhalo_mass import effective_lensing_mass, enclosed_mass, perturbation_radius
 from .subhalos import (LOVELL20_HALO, LOVELL20_SUBHALO, SubhaloMassFunction, SubhaloPopulation,
                        UniformAnnulus, subhalo_deflection, subhalo_lens_kwargs,
                        unstack_lens_kwargs, wdm_suppression)
@@ -23,6 +24,9 @@ __all__ += [
     "unstack_lens_kwargs",
     "subhalo_deflection",
     "wdm_suppression",
+    "enclosed_mass",
+    "perturbation_radius",
+    "effective_lensing_mass",
     "LOVELL20_SUBHALO",
     "LOVELL20_HALO",
 ]
