@@ -46,7 +46,8 @@ import tensorflow_probability as tfp
 from ._util import adam_update, as_seed, positive_float, positive_int, progress_bar
 from .model import LensModel
 
-__all__ = ["find_map", "MAPResult", "initial_points", "polish_levenberg_marquardt"]
+__all__ = ["find_map", "MAPResult", "initial_points", "polish_levenberg_marquardt",
+           "render_batched", "render_jacobian"]
 
 # Default size of the Levenberg-Marquardt polish: renders per iteration (2 D per start).
 _LM_RENDERS_PER_ITERATION = 2048
@@ -306,6 +307,41 @@ def _lbfgs_polish(obj, x0, val0, max_iterations):
     return (tf.where(better[:, None], res.position, x0), tf.where(better, val, val0))
 
 
+def render_batched(objective, x, max_batch: int = 256) -> np.ndarray:
+    """Noiseless model images ``[n, N, N]`` (float64) of ``objective.render`` at
+    ``x [n, D]``, in equal chunks of at most ``max_batch`` (the last one padded), so that
+    one compilation serves the whole run."""
+    x = np.asarray(x)
+    n = x.shape[0]
+    size = min(positive_int(max_batch, "max_batch"), n)
+    dt = objective.model.dtype
+    out = []
+    for i in range(0, n, size):
+        part = x[i:i + size]
+        if part.shape[0] < size:
+            part = np.concatenate([part, np.repeat(part[:1], size - part.shape[0], 0)], 0)
+        out.append(objective.render(tf.constant(part, dt)).numpy())
+    return np.concatenate(out, 0)[:n].astype(np.float64)
+
+
+def render_jacobian(objective, x, fd_step: float | None = None, max_batch: int = 256):
+    """Central-difference Jacobian of the rendered model at the points ``x [k, D]``
+    (unconstrained): ``(J [k, D, N*N], images [k, N*N])`` in float64, from ``2 D + 1``
+    renders per point (:func:`render_batched`). ``fd_step`` defaults to ``1e-3`` in
+    float32 and ``1e-5`` in float64 (unconstrained units)."""
+    dt = objective.model.dtype
+    h = (1e-3 if dt == tf.float32 else 1e-5) if fd_step is None else \
+        positive_float(fd_step, "fd_step")
+    x = np.asarray(x, np.float64)
+    k, D = x.shape
+    eye = np.eye(D)
+    pm = np.concatenate([(x[:, None] + h * eye).reshape(-1, D),
+                         (x[:, None] - h * eye).reshape(-1, D), x], 0)
+    imgs = render_batched(objective, pm, max_batch).reshape(pm.shape[0], -1)
+    plus, minus = imgs[:2 * k * D].reshape(2, k, D, -1)
+    return (plus - minus) / (2.0 * h), imgs[2 * k * D:]
+
+
 def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str = "posterior",
                                num_iterations: int = 30, fd_step: float | None = None,
                                tolerance: float = 1e-3, max_batch: int = 256,
@@ -366,26 +402,10 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
     D = model.num_params
     if X.ndim != 2 or X.shape[1] != D:
         raise ValueError(f"x0 must have shape [S, {D}], got {list(X.shape)}")
-    if fd_step is None:
-        h = 1e-3 if dt == tf.float32 else 1e-5
-    else:
-        h = positive_float(fd_step, "fd_step")
 
     def values_grads(x):
         v, g = obj.value_and_gradient(tf.constant(x, dt))
         return v.numpy().astype(np.float64), g.numpy().astype(np.float64)
-
-    def render(x):
-        # equal chunks (the last one padded): one compilation per run
-        n = x.shape[0]
-        size = min(batch, n)
-        out = []
-        for i in range(0, n, size):
-            part = x[i:i + size]
-            if part.shape[0] < size:
-                part = np.concatenate([part, np.repeat(part[:1], size - part.shape[0], 0)], 0)
-            out.append(obj.render(tf.constant(part, dt)).numpy())
-        return np.concatenate(out, 0)[:n].astype(np.float64)
 
     f, g = values_grads(X)
     active = np.flatnonzero(np.isfinite(f) & np.all(np.isfinite(g), axis=1))
@@ -394,20 +414,17 @@ def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str =
     fa, ga = f[active], g[active]
     lam = np.full(active.size, 1e-3)
     factors = np.array([0.1, 1.0, 10.0, 100.0])
-    eye = np.eye(D)
     mask = None if model.mask is None else np.asarray(model.mask, np.float64).ravel()
     quiet = 0
     bar = progress_bar(n_it, "MAP polish (LM)", progress)
     for _ in range(n_it):
         xa = X[active]
         k = xa.shape[0]
-        pm = np.concatenate([(xa[:, None] + h * eye).reshape(-1, D),
-                             (xa[:, None] - h * eye).reshape(-1, D), xa], 0)
-        imgs = render(pm)
-        sigma = np.asarray(model.pixel_sigma(imgs[2 * k * D:]), np.float64)
-        sigma = np.broadcast_to(sigma, (k,) + sigma.shape[-2:]).reshape(k, -1)
-        imgs = imgs[:2 * k * D].reshape(2, k, D, -1)
-        jac = (imgs[0] - imgs[1]) / (2.0 * h) / sigma[:, None, :]
+        jac, imgs = render_jacobian(obj, xa, fd_step, batch)
+        n = model.num_pix
+        sigma = np.asarray(model.pixel_sigma(imgs.reshape(k, n, n)), np.float64)
+        sigma = np.broadcast_to(sigma, (k, n, n)).reshape(k, -1)
+        jac = jac / sigma[:, None, :]
         if mask is not None:
             jac = jac * mask
         H = np.einsum("kip,kjp->kij", jac, jac)
