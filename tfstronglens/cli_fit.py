@@ -70,6 +70,36 @@ def _add_inference_args(p, defaults):
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_model_args(p):
+    """The model options of ``fit`` and ``sensitivity`` (``--lens`` or ``--model``, lens
+    light, source, redshifts)."""
+    from .inference.spec import LENS_SHORTHANDS
+
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--lens", choices=sorted(LENS_SHORTHANDS),
+                      help="main deflector; +m4, +m3m4, +m1m3m4 add circular multipoles of "
+                           "those orders centred on it")
+    what.add_argument("--model", metavar="MODEL.json",
+                      help="the whole model as a JSON spec (lens components, lens light, "
+                           "source, subhalos, redshifts, priors; see "
+                           "tfstronglens.inference.spec); replaces --lens, --lens-light, "
+                           "--source, --subhalos, --z-lens and --z-source")
+    p.add_argument("--lens-light", choices=("sersic", "none"), default="none",
+                   help="lens light model (default: %(default)s)")
+    p.add_argument("--z-lens", type=_positive_float, default=None, metavar="Z",
+                   help="lens redshift (default: 0.5)")
+    p.add_argument("--z-source", type=_positive_float, default=None, metavar="Z",
+                   help="source redshift (default: 2.0)")
+    p.add_argument("--source", choices=_SOURCES, default=None,
+                   help="vae: the pretrained VAE decoder (latent z ~ N(0, I)); sersic; "
+                        "pixelated: a pixel grid with a smoothness prior; rim: the source "
+                        "the shipped RIM reconstructs for each trial lens (no source "
+                        "parameters; --method map only, no lens light)")
+    p.add_argument("--source-pixel-scale", type=_positive_float, default=None, metavar="S",
+                   help="source-plane pixel scale in arcsec for vae/pixelated (default: "
+                        "half the image pixel scale)")
+
+
 def add_parsers(sub):
     """Add ``fit`` and ``demo`` to the CLI's subparsers."""
     fit = sub.add_parser(
@@ -84,38 +114,14 @@ def add_parsers(sub):
                     "e-/s per pixel.",
     )
     add_image_args(fit)
-    from .inference.spec import LENS_SHORTHANDS
-
-    what = fit.add_mutually_exclusive_group(required=True)
-    what.add_argument("--lens", choices=sorted(LENS_SHORTHANDS),
-                      help="main deflector; +m4, +m3m4, +m1m3m4 add circular multipoles of "
-                           "those orders centred on it")
-    what.add_argument("--model", metavar="MODEL.json",
-                      help="the whole model as a JSON spec (lens components, lens light, "
-                           "source, subhalos, redshifts, priors; see "
-                           "tfstronglens.inference.spec); replaces --lens, --lens-light, "
-                           "--source, --subhalos, --z-lens and --z-source")
-    fit.add_argument("--lens-light", choices=("sersic", "none"), default="none",
-                     help="lens light model (default: %(default)s)")
+    add_model_args(fit)
     fit.add_argument("--subhalos", type=_non_negative, default=0, metavar="N",
                      help="number of candidate TNFW subhalos; with N >= 1 the one-subhalo "
                           "detection test is also run (default: 0)")
-    fit.add_argument("--z-lens", type=_positive_float, default=None, metavar="Z",
-                     help="lens redshift (default: 0.5)")
-    fit.add_argument("--z-source", type=_positive_float, default=None, metavar="Z",
-                     help="source redshift (default: 2.0)")
-    fit.add_argument("--source", choices=_SOURCES, default=None,
-                     help="vae: the pretrained VAE decoder (latent z ~ N(0, I)); sersic; "
-                          "pixelated: a pixel grid with a smoothness prior; rim: the source "
-                          "the shipped RIM reconstructs for each trial lens (no source "
-                          "parameters; --method map only, no lens light)")
     fit.add_argument("--source-init", choices=("prior", "rim"), default="prior",
                      help="rim: first fit the lens with --source rim, then start the MAP of "
                           "the vae/pixelated fit there, its source from the RIM's "
                           "reconstruction (default: prior draws)")
-    fit.add_argument("--source-pixel-scale", type=_positive_float, default=None, metavar="S",
-                     help="source-plane pixel scale in arcsec for vae/pixelated (default: "
-                          "half the image pixel scale)")
     fit.add_argument("--out", required=True, metavar="DIR", help="output directory")
     fit.add_argument("--overwrite", action="store_true",
                      help="write into DIR even if it is not empty")
@@ -187,14 +193,15 @@ def _apply_model_spec(args):
     Without it ``--source`` is required."""
     from .inference.spec import ModelSpec
 
+    args.spec = None
     if args.model is None:
         if args.source is None:
             raise ValueError("--source is required (or give the whole model with --model)")
         return None
-    spec = ModelSpec.from_json(args.model)
+    spec = args.spec = ModelSpec.from_json(args.model)
     given = [f"--{k.replace('_', '-')}" for k, default in
              (("lens_light", "none"), ("source", None), ("subhalos", 0), ("z_lens", None),
-              ("z_source", None)) if getattr(args, k) != default]
+              ("z_source", None)) if getattr(args, k, default) != default]
     if given:
         raise ValueError(f"--model {args.model} gives the whole model: drop {given}")
     args.source = spec.source
@@ -204,27 +211,14 @@ def _apply_model_spec(args):
     return spec
 
 
-def _fit(args) -> int:
-    from .inference import build_model, fit_lens, write_fit_outputs
+def build_model_from_args(args, batch_size: int):
+    """The :class:`LensModel` of a command's model and data options (``fit``,
+    ``sensitivity``): ``(model, image, spec)``, ``spec`` the ``--model`` spec or None."""
+    from .inference import build_model
 
-    spec = _apply_model_spec(args)
-
-    if args.source == "rim" and args.method != "map":
-        raise ValueError(f"--source rim gives a point estimate of the source: use --method "
-                         f"map (got --method {args.method}), or --source vae/pixelated with "
-                         "--source-init rim for posteriors")
-    if args.source_init == "rim" and args.source not in ("vae", "pixelated"):
-        raise ValueError(f"--source-init rim seeds a vae or pixelated source, not --source "
-                         f"{args.source}")
-    if args.source_init == "rim" and args.init == "cnn":
-        raise ValueError("--source-init rim and --init cnn both choose the MAP starts: give one")
-    if "rim" in (args.source, args.source_init) and args.lens_light != "none":
-        raise ValueError("the RIM reconstructs the source from data without lens light: "
-                         "--source rim / --source-init rim need --lens-light none")
-    _check_out(args.out, args.overwrite)
     obs_img = load_image_args(args)
     for note in obs_img.notes:
-        print(f"tfstronglens fit: {note}", file=sys.stderr)
+        print(f"tfstronglens {args.command}: {note}", file=sys.stderr)
     obs = obs_img.observation
     kwargs = {}
     src_scale = args.source_pixel_scale or 0.5 * obs.pixel_scale
@@ -243,20 +237,44 @@ def _fit(args) -> int:
         source = "sersic"
     # One traced/compiled value-and-gradient for MAP, VI (16 ELBO draws a step), Laplace
     # and detection, instead of one per batch size (tens of seconds each).
-    kwargs["compile_batch_size"] = min(16, args.num_starts)
+    kwargs["compile_batch_size"] = batch_size
+    spec = args.spec
     if spec is not None:
         kwargs.update(spec.model_kwargs())
         source = kwargs.pop("source", source)  # a list of source components
         if not isinstance(source, str) and any(c.profile == "PIXELATED" for c in source):
             kwargs.update(source_prior="smooth")  # as --source pixelated
     else:
-        kwargs.update(lens=args.lens, num_subhalos=args.subhalos,
+        kwargs.update(lens=args.lens, num_subhalos=getattr(args, "subhalos", 0),
                       lens_light=None if args.lens_light == "none" else "sersic",
                       z_lens=args.z_lens or 0.5, z_source=args.z_source or 2.0)
     model = build_model(obs, obs_img.data, source=source, noise_map=obs_img.noise_map,
                         # the RIM's network runs faster on TF's own kernels than under
                         # XLA:CPU, and its physics is XLA-compiled inside it anyway
                         jit_compile=not args.no_xla and args.source != "rim", **kwargs)
+    return model, obs_img, spec
+
+
+def _fit(args) -> int:
+    from .inference import fit_lens, write_fit_outputs
+
+    spec = _apply_model_spec(args)
+
+    if args.source == "rim" and args.method != "map":
+        raise ValueError(f"--source rim gives a point estimate of the source: use --method "
+                         f"map (got --method {args.method}), or --source vae/pixelated with "
+                         "--source-init rim for posteriors")
+    if args.source_init == "rim" and args.source not in ("vae", "pixelated"):
+        raise ValueError(f"--source-init rim seeds a vae or pixelated source, not --source "
+                         f"{args.source}")
+    if args.source_init == "rim" and args.init == "cnn":
+        raise ValueError("--source-init rim and --init cnn both choose the MAP starts: give one")
+    if "rim" in (args.source, args.source_init) and args.lens_light != "none":
+        raise ValueError("the RIM reconstructs the source from data without lens light: "
+                         "--source rim / --source-init rim need --lens-light none")
+    _check_out(args.out, args.overwrite)
+    model, obs_img, spec = build_model_from_args(args, min(16, args.num_starts))
+    obs = obs_img.observation
     print(f"tfstronglens fit: {len(model.param_names)} parameters, method {args.method}",
           file=sys.stderr)
     map_init = None

@@ -16,7 +16,8 @@ import numpy as np
 from .io._atomic import atomic_output, check_output_path
 from .lensing.grid import PixelGrid
 
-__all__ = ["plot_image", "save_png", "save_fit_panels", "plot_corner", "save_corner"]
+__all__ = ["plot_image", "save_png", "save_fit_panels", "plot_corner", "save_corner",
+           "save_sensitivity_map"]
 
 
 def _as_image(image) -> np.ndarray:
@@ -199,6 +200,34 @@ def save_fit_panels(path, data, model, residuals, source=None, *, pixel_scale=No
                title=f"(data - model)/sigma, chi2/pix {chi2:.2f}")
     if source is not None:
         plot_image(source, source_extent, ax=axes[3], title="reconstructed source")
+    fig.tight_layout()
+    return _save_figure(fig, path, overwrite, dpi)
+
+
+def save_sensitivity_map(path, data, log10_mass, region, *, pixel_scale, title=None,
+                         overwrite: bool = False, dpi: int = 100):
+    """Write a PNG of a subhalo sensitivity map (lowest detectable ``log10 M``, ``[G, G]``
+    over ``region = (x_min, x_max, y_min, y_max)`` arcsec; NaN: not detectable) beside and
+    over the data (contours of the arcs). Written atomically; returns the path."""
+    path = check_output_path(path, overwrite)
+    data, lm = _as_image(data), np.asarray(log10_mass, np.float64)
+    half = 0.5 * data.shape[0] * float(pixel_scale)
+    extent = (-half, half, -half, half)
+    fig = _new_figure((9.0, 3.9), dpi)
+    ax0, ax1 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    plot_image(data, extent, ax=ax0, title="data")
+    im = ax1.imshow(lm, origin="lower", extent=tuple(region), cmap="viridis_r",
+                    interpolation="nearest")
+    levels = np.nanpercentile(data, [90, 97]) if np.any(data > 0) else None
+    if levels is not None and levels[1] > levels[0]:
+        xs = np.linspace(-half, half, data.shape[0] + 1)
+        xc = 0.5 * (xs[1:] + xs[:-1])
+        ax1.contour(xc, xc, data, levels=levels, colors="white", linewidths=0.7)
+    ax1.set_xlim(extent[0], extent[1])
+    ax1.set_ylim(extent[2], extent[3])
+    ax1.set_title(title or "lowest detectable log10 M [M_sun]")
+    ax1.set_xlabel("x [arcsec]")
+    fig.colorbar(im, ax=ax1)
     fig.tight_layout()
     return _save_figure(fig, path, overwrite, dpi)
 

@@ -15,6 +15,8 @@ from .map import MAPResult, find_map, polish_levenberg_marquardt
 from .mcmc import MCMCResult, sample_hmc
 from .model import LensModel, build_model, log_uniform
 from .pipeline import FitResult, fit_lens, write_fit_outputs
+from .sensitivity import (SensitivityMap, detection_threshold, sensitivity_map,
+                          write_sensitivity_outputs)
 from .vi import VIResult, fit_vi, laplace_approximation
 from .reconstruction import (
     SourceReconstruction,
@@ -55,4 +57,8 @@ __all__ = [
     "summarize",
     "format_summary",
     "save_samples",
+    "sensitivity_map",
+    "SensitivityMap",
+    "detection_threshold",
+    "write_sensitivity_outputs",
 ]
