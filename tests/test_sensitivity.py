@@ -91,7 +91,7 @@ def test_sensitivity_cli_writes_the_map(tmp_path, problem):
     tsl.io.write_fits(str(image), np.asarray(data, np.float32), pixel_scale=0.05)
     out = tmp_path / "sens"
     args = ["sensitivity", str(image), "--lens", "sie+shear", "--source", "sersic",
-            "--noise-rms", "0.05", "--exposure", "2000", "--psf-fwhm", "0.2355",
+            "--noise-rms", "0.05", "--exposure", "2000", "--psf-fwhm", "0.1",
             "--subhalo-profile", "PJAFFE", "--masses", "1e8:1e10:3", "--grid", "3",
             "--num-starts", "2", "--map-steps", "50", "--refit-steps", "1",
             "--no-xla", "--no-progress", "--out", str(out)]

@@ -136,15 +136,12 @@ class SubhaloDetection:
 
 
 def _subhalo_starts(model_with, fit0: MAPResult, num_starts, seed):
-    """Starts for H1: H0's best lens/source, subhalo positions on a grid, masses from the
-    prior."""
-    draws = model_with.sample_prior(num_starts, seed)
+    """Starts ``[S, D]`` (unconstrained) for H1: H0's best lens/source, subhalo positions on
+    a grid, masses from the prior. H0's point is copied in unconstrained coordinates: its
+    constrained values may round onto a prior bound (e.g. a multipole phase at the edge of
+    its period), where the constraining bijector's inverse is infinite."""
+    draws = dict(model_with.sample_prior(num_starts, seed))
     init = {}
-    for name in model_with.parameters:
-        if name.startswith("subhalo."):
-            continue
-        init[name] = tf.broadcast_to(fit0.params[name][None],
-                                     [num_starts] + list(fit0.params[name].shape))
     k = int(math.isqrt(num_starts))
     x0, x1, y0, y1 = model_with.subhalo_region
     gx = x0 + (np.arange(k) + 0.5) * (x1 - x0) / k
@@ -165,7 +162,14 @@ def _subhalo_starts(model_with, fit0: MAPResult, num_starts, seed):
     mass = draws["subhalo.0.mass"].numpy().copy()
     mass[:n_grid] = heavy
     init["subhalo.0.mass"] = mass
-    return init
+    draws.update({name: tf.constant(v, model_with.dtype) for name, v in init.items()})
+    x = np.array(model_with.to_flat(draws))
+    x0 = np.asarray(fit0.x)
+    index0 = {name: i for i, name in enumerate(fit0.param_names)}
+    for j, name in enumerate(model_with.param_names):
+        if name in index0:
+            x[:, j] = x0[index0[name]]
+    return x
 
 
 def detect_subhalo(model: LensModel, data=None, num_starts: int = 64, num_steps: int = 500,

@@ -482,6 +482,7 @@ class LensModel:
         self._source_prior_args = (source_prior, source_prior_scale, source_smoothness)
         self._build_params(priors or {}, fixed or {})
         self._compiled = {}
+        self._replaced = {}
         self.jit_compile = bool(jit_compile)
         self.compile_batch_size = (None if compile_batch_size is None else
                                    positive_int(compile_batch_size, "compile_batch_size"))
@@ -697,7 +698,21 @@ class LensModel:
     def replace(self, **changes) -> "LensModel":
         """A new LensModel with some constructor arguments changed (e.g.
         ``num_subhalos=0`` for the nested model without subhalos, or another ``source``;
-        priors and fixed values of names the new model does not have are dropped)."""
+        priors and fixed values of names the new model does not have are dropped).
+        Models are immutable: the same scalar changes return the same model, so that its
+        compiled functions serve every later call (e.g. the detection's nested models over
+        many images)."""
+        key = None
+        if all(isinstance(v, (int, float, str, bool, type(None))) for v in changes.values()):
+            key = tuple(sorted(changes.items()))
+            if key in self._replaced:
+                return self._replaced[key]
+        model = self._replace(changes)
+        if key is not None:
+            self._replaced[key] = model
+        return model
+
+    def _replace(self, changes):
         cfg = dict(self._config)
         cfg.update(changes)
         n_sub = cfg.get("num_subhalos", 0) or 0
