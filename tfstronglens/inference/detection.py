@@ -55,7 +55,6 @@ many steps too (otherwise an incompletely converged ``H0`` fit would inflate
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import warnings
 
