@@ -91,3 +91,16 @@ def test_aperture_mass_agrees_across_subhalo_profiles_where_m200_does_not():
         ratio_m = best["subhalo.0.mass"] / mass
         assert 1 / 1.5 < ratio_ap < 1.5, (name, ratio_ap, ratio_m)
         assert not 0.5 < ratio_m < 2.0, (name, ratio_ap, ratio_m)
+
+
+def test_model_subhalo_masses_without_a_host_einstein_radius():
+    """Point-mass subhalos behind an NFW main deflector (no theta_E, so no critical-curve
+    radius): the aperture mass is reported, and equals the point masses exactly."""
+    model = LensModel(tsl.Observation(20, 0.1, 2000.0, background_rms=0.05), ["NFW"],
+                      num_subhalos=2, subhalo_profile="POINT_MASS", jit_compile=False)
+    draws = model.sample_prior(3, seed=1)
+    masses = model.subhalo_masses(draws)
+    assert set(masses) == {"subhalo.0.mass_aperture", "subhalo.1.mass_aperture"}
+    for k in range(2):
+        np.testing.assert_allclose(masses[f"subhalo.{k}.mass_aperture"],
+                                   draws[f"subhalo.{k}.mass"], rtol=1e-4)

@@ -244,5 +244,6 @@ def detect_subhalo(model: LensModel, data=None, num_starts: int = 64, num_steps:
         center_y=float(fit1.params["subhalo.0.center_y"]),
         fit_without=fit0, fit_with=fit1, log_bayes_factor_laplace=log_bf,
         mass_aperture=float(robust["subhalo.0.mass_aperture"][0]),
-        aperture=m1.subhalo_aperture, mass_eff=float(robust["subhalo.0.mass_eff"][0]),
-        r_pert=float(robust["subhalo.0.r_pert"][0]))
+        aperture=m1.subhalo_aperture,
+        mass_eff=float(robust.get("subhalo.0.mass_eff", [np.nan])[0]),
+        r_pert=float(robust.get("subhalo.0.r_pert", [np.nan])[0]))

@@ -872,7 +872,8 @@ class LensModel:
           (arcsec; Minor et al. 2017, :mod:`tfstronglens.observation.subhalo_mass`) for the
           host's ``theta_E`` and slope (``lens.0.gamma``, 2 without). Robust between
           compact profiles; for a diffuse subhalo ``r_pert`` falls below the resolution
-          and the number says more about the profile than about the data.
+          and the number says more about the profile than about the data. Only when the
+          main deflector has a ``theta_E`` (it defines the host's critical curve).
         """
         from ..observation.subhalo_mass import effective_lensing_mass, enclosed_mass
 
@@ -886,13 +887,14 @@ class LensModel:
         out = {}
         for k in range(self.num_subhalos):
             kw = lens[len(self._components["lens"]) + k]
-            r_p, m = effective_lensing_mass(prof, kw, main["theta_E"], self.lens_cosmology,
-                                            host_slope=slope)
             m_ap = enclosed_mass(prof, kw, tf.constant(self.subhalo_aperture, self.dtype),
                                  self.lens_cosmology)
             out[f"subhalo.{k}.mass_aperture"] = tf.reshape(m_ap, batch)
-            out[f"subhalo.{k}.r_pert"] = tf.reshape(r_p, batch)
-            out[f"subhalo.{k}.mass_eff"] = tf.reshape(m, batch)
+            if "theta_E" in main:
+                r_p, m = effective_lensing_mass(prof, kw, main["theta_E"],
+                                                self.lens_cosmology, host_slope=slope)
+                out[f"subhalo.{k}.r_pert"] = tf.reshape(r_p, batch)
+                out[f"subhalo.{k}.mass_eff"] = tf.reshape(m, batch)
         return out
 
     @property
