@@ -71,31 +71,19 @@ def test_detects_massive_subhalo():
     assert det0.significance_sigma < 3.0, det0
 
 
-def test_detection_and_fit_report_profile_robust_masses(tmp_path):
-    """A short detection run on a model with a tied m = 4 multipole reports, beside M200,
+def test_detection_reports_profile_robust_masses():
+    """A short detection run reports, beside M200,
     the aperture and effective masses, consistent with LensModel.subhalo_masses at its best
-    fit; fit_lens puts their posterior statistics in summary.json."""
-    import json
-
-    from tfstronglens.inference import fit_lens, write_fit_outputs
-
-    m1 = LensModel(tsl.Observation(32, 0.06, 2000.0, background_rms=0.05,
+    fit (fit_lens's summary.json statistics of them: the slow demo test)."""
+    m1 = LensModel(tsl.Observation(24, 0.08, 2000.0, background_rms=0.05,
                                    psf=tsl.GaussianPSF(0.1)),
-                   "sie+shear+m4", amp_scale=10.0, supersample=1, num_subhalos=1,
+                   "sie+shear", amp_scale=10.0, supersample=1, num_subhalos=1,
                    subhalo_profile="PJAFFE", jit_compile=False)
-    truth = {**TRUTH, "lens.2.a_m": 0.03, "lens.2.phi_m": 0.2, **SUB}
-    data = m1.simulate(truth, seed=3)[0]
-    det = detect_subhalo(m1, data, num_starts=4, num_steps=15, seed=1, progress=False)
+    data = m1.simulate({**TRUTH, **SUB}, seed=3)[0]
+    det = detect_subhalo(m1, data, num_starts=4, num_steps=8, seed=1, progress=False)
     best = {k: np.asarray(v)[None] for k, v in det.fit_with.params.items()}
     robust = m1.subhalo_masses(best)
     assert det.mass_aperture == pytest.approx(float(robust["subhalo.0.mass_aperture"][0]))
     assert det.aperture == 0.5 and det.r_pert > 0 and 0 < det.mass_eff < det.mass
     with pytest.raises(AttributeError):
         det.mass = 1.0  # a frozen result
-    res = fit_lens(m1, data, method="map", num_starts=4, map_steps=10, map_polish_steps=0,
-                   num_samples=200, detect=False, progress=False)
-    write_fit_outputs(res, tmp_path, overwrite=True)
-    masses = json.load(open(tmp_path / "summary.json"))["subhalo_masses"]
-    s = masses["subhalo.0.mass_aperture"]
-    assert 0 < s["p16"] <= s["p50"] <= s["p84"] and masses["aperture_arcsec"] == 0.5
-    assert "barely depend on the assumed profile" in masses["definition"]
