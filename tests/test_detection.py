@@ -74,7 +74,7 @@ def test_detects_massive_subhalo():
 def test_detection_reports_profile_robust_masses():
     """A short detection run reports, beside M200,
     the aperture and effective masses, consistent with LensModel.subhalo_masses at its best
-    fit (fit_lens's summary.json statistics of them: the slow demo test)."""
+    fit."""
     m1 = LensModel(tsl.Observation(24, 0.08, 2000.0, background_rms=0.05,
                                    psf=tsl.GaussianPSF(0.1)),
                    "sie+shear", amp_scale=10.0, supersample=1, num_subhalos=1,
