@@ -56,7 +56,7 @@ tfd, tfb = tfp.distributions, tfp.bijectors
 
 __all__ = ["LensPosteriorNetwork", "ResNetBackbone", "GaussianHead", "FlowHead",
            "ConditionalMADE", "POSTERIOR_HEADS", "PRETRAINED_CNN", "load_lens_cnn",
-           "posterior_parameter_names", "match_network_grid"]
+           "posterior_parameter_names", "match_network_grid", "snr_input"]
 
 
 def posterior_parameter_names(generator) -> list:
@@ -66,6 +66,23 @@ def posterior_parameter_names(generator) -> list:
     names = [n for n in generator.truth_names
              if n.startswith("lens.") and not n.endswith((".ra_0", ".dec_0"))]
     return names + ["source.0.center_x", "source.0.center_y"]
+
+
+def snr_input(inputs, num_pix: int):
+    """The image networks' input: ``asinh(image / noise)[..., None]``, the S/N per pixel
+    compressed, from ``{"image": [B, n, n], "noise": [B, n, n] or [B]}`` (``ValueError``
+    for another layout or an image size other than ``num_pix``, the trained one)."""
+    if not isinstance(inputs, dict) or "image" not in inputs or "noise" not in inputs:
+        raise ValueError("inputs must be a dict with 'image' and 'noise'")
+    image = tf.convert_to_tensor(inputs["image"], tf.float32)
+    if image.shape.rank != 3 or image.shape[-1] != num_pix or image.shape[-2] != num_pix:
+        raise ValueError(f"image must be [batch, {num_pix}, {num_pix}] (the size this network "
+                         f"was trained for), got shape {image.shape}")
+    noise = tf.convert_to_tensor(inputs["noise"], tf.float32)
+    if noise.shape.rank == 1:  # one sigma per image
+        noise = noise[:, None, None]
+    noise = tf.broadcast_to(noise, tf.shape(image))
+    return tf.asinh(image / noise)[..., None]
 
 
 # ------------------------------------------------------------------------- backbone
@@ -378,17 +395,7 @@ class LensPosteriorNetwork(keras.Model):
     # ---------------------------------------------------------------- forward
     def preprocess(self, inputs):
         """``asinh(image / noise)[..., None]``: S/N per pixel, compressed."""
-        if not isinstance(inputs, dict) or "image" not in inputs or "noise" not in inputs:
-            raise ValueError("inputs must be a dict with 'image' and 'noise'")
-        image = tf.convert_to_tensor(inputs["image"], tf.float32)
-        if image.shape.rank != 3 or image.shape[-1] != self.num_pix or image.shape[-2] != self.num_pix:
-            raise ValueError(f"image must be [batch, {self.num_pix}, {self.num_pix}] (the size "
-                             f"this network was trained for), got shape {image.shape}")
-        noise = tf.convert_to_tensor(inputs["noise"], tf.float32)
-        if noise.shape.rank == 1:  # one sigma per image
-            noise = noise[:, None, None]
-        noise = tf.broadcast_to(noise, tf.shape(image))
-        return tf.asinh(image / noise)[..., None]
+        return snr_input(inputs, self.num_pix)
 
     def call(self, inputs, training=False):
         return self.head(self.backbone(self.preprocess(inputs)))

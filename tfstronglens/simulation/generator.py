@@ -388,8 +388,43 @@ class LensDatasetGenerator:
         return tfd.Uniform(tf.constant(lo, tf.float32), tf.constant(hi, tf.float32)).sample(
             shape, seed=seed)
 
-    def _batch(self, seed, batch_size: int):
+    #: the population parameters :meth:`simulate` takes per lens (``population``)
+    POPULATION_FIELDS = ("kappa_sub", "subhalo_beta", "m_hm")
+
+    def subhalo_population(self, theta_E, center_x, center_y,
+                           population: dict | None = None) -> SubhaloPopulation:
+        """The :class:`~tfstronglens.observation.SubhaloPopulation` the lenses of a batch
+        draw their subhalos from: the config's mass range, ``n_max`` and TNFW-mass
+        normalisation in the annulus ``theta_E +- subhalo_annulus_width`` around each lens
+        centre (``[B]`` tensors), with ``kappa_sub``, ``subhalo_beta`` and ``m_hm`` from
+        the config unless ``population`` gives them (``[B]`` tensors, e.g. drawn from a
+        prior; ``m_hm = 0`` is CDM). With the batch's lens truths, it scores the batch's
+        ``subhalos`` under other population parameters (``log_prob``), differentiably."""
         cfg = self.config
+        population = dict(population or {})
+        unknown = sorted(set(population) - set(self.POPULATION_FIELDS))
+        if unknown:
+            raise ValueError(f"population has unknown field(s) {unknown}; known: "
+                             f"{list(self.POPULATION_FIELDS)}")
+        default_hm = cfg.m_hm if cfg.subhalo_model == "wdm" else 0.0
+        return SubhaloPopulation(
+            cfg.m_min, cfg.m_max, cfg.n_max,
+            r_max=theta_E + cfg.subhalo_annulus_width,
+            r_min=tf.maximum(theta_E - cfg.subhalo_annulus_width, 0.0),
+            kappa_sub=population.get("kappa_sub", cfg.kappa_sub),
+            lens_cosmology=self.lens_cosmology,
+            beta=population.get("subhalo_beta", cfg.subhalo_beta),
+            m_hm=population.get("m_hm", default_hm), center_x=center_x, center_y=center_y)
+
+    def simulate(self, seed, batch_size: int, population: dict | None = None) -> dict:
+        """One batch as a dict of tensors (see the class docs), traceable: what
+        :meth:`generate_tensors` compiles. ``seed``: a stateless seed; ``population``:
+        per-lens subhalo population parameters (see :meth:`subhalo_population`; needs
+        ``subhalo_model`` ``"cdm"`` or ``"wdm"``)."""
+        cfg = self.config
+        if population and cfg.subhalo_model == "none":
+            raise ValueError("population parameters need subhalo_model 'cdm' or 'wdm', the "
+                             "config has 'none'")
         B = [batch_size]
         seeds = iter(tfp.random.split_seed(seed, n=24))
         u = lambda name: self._uniform(name, B, next(seeds))  # noqa: E731
@@ -419,14 +454,7 @@ class LensDatasetGenerator:
         x, y = sim.rays
         bx, by = sim.trace(sim.expand_params("lens", [main, shear]), x, y)
         if cfg.subhalo_model != "none":
-            pop = SubhaloPopulation(
-                cfg.m_min, cfg.m_max, cfg.n_max,
-                r_max=theta_E + cfg.subhalo_annulus_width,
-                r_min=tf.maximum(theta_E - cfg.subhalo_annulus_width, 0.0),
-                kappa_sub=cfg.kappa_sub, lens_cosmology=self.lens_cosmology,
-                beta=cfg.subhalo_beta, m_hm=cfg.m_hm if cfg.subhalo_model == "wdm" else 0.0,
-                center_x=cx, center_y=cy)
-            subs = pop.sample(seed=s_sub)
+            subs = self.subhalo_population(theta_E, cx, cy, population).sample(seed=s_sub)
             kw = subhalo_lens_kwargs(subs, self.lens_cosmology, "TNFW",
                                      theta_E_host=theta_E[:, None],
                                      host_center_x=cx[:, None], host_center_y=cy[:, None])
@@ -656,7 +684,7 @@ class LensDatasetGenerator:
             if len(_FN_CACHE) >= 16:
                 _FN_CACHE.pop(next(iter(_FN_CACHE)))
             _FN_CACHE[key] = tf.function(
-                lambda seed: self._batch(seed, batch_size), jit_compile=True, autograph=False)
+                lambda seed: self.simulate(seed, batch_size), jit_compile=True, autograph=False)
         return _FN_CACHE[key]
 
     def seed_for(self, k: int) -> tf.Tensor:
