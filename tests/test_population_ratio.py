@@ -190,3 +190,74 @@ def test_ratio_network_round_trip_and_bad_input(tmp_path):
         PopulationRatioEstimator(prior.names, prior.low, prior.high, loss="rascal")
     with pytest.raises(ValueError, match="no lenses"):
         population_posterior(net, log_ratios=np.zeros((0, 41 * 41)))
+
+
+def _run(argv):
+    import contextlib
+    import io
+
+    from tfstronglens import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_show_config_simulate_infer_round_trip_and_bad_input(tmp_path):
+    """``infer-population --show-config`` prints a config that ``simulate --config`` reads;
+    the images it writes go into ``infer-population``, which writes the posterior summary;
+    images of another configuration, an empty folder and unknown parameter names are one
+    clear error each."""
+    import json
+
+    sim = dict(instrument="hst_acs_f814w", num_pix=16, supersample=1, lens_light=False,
+               subhalo_model="wdm", n_max=8, m_min=1e9, m_max=1e11)
+    prior = PopulationPrior.from_names("kappa_sub,log10_m_hm")
+    net = PopulationRatioEstimator(prior.names, prior.low, prior.high, num_pix=16,
+                                   pixel_scale=0.05, filters=(4, 8), features=8, hidden=(16,),
+                                   simulation=sim)
+    model = str(tmp_path / "ratio.keras")
+    net.save(model)
+    code, stdout, stderr = _run(["infer-population", "--show-config", "--model", model])
+    assert code == 0 and "kappa_sub in [0.002, 0.02]" in stderr
+    cfg = json.loads(stdout)
+    assert cfg["num_pix"] == 16 and cfg["subhalo_model"] == "wdm"
+    (tmp_path / "cfg.json").write_text(stdout)
+    code, _, stderr = _run(["simulate", "--config", str(tmp_path / "cfg.json"), "--n", "3",
+                            "--out", str(tmp_path / "images"), "--no-progress"])
+    assert code == 0, stderr
+    out = tmp_path / "post"
+    code, stdout, stderr = _run(["infer-population", str(tmp_path / "images"), "--model", model,
+                                 "--points", "11", "--out", str(out)])
+    assert code == 0, stderr
+    post = json.loads((out / "posterior.json").read_text())
+    assert post["num_lenses"] == 3 and len(post["files"]) == 3
+    assert set(post["summary"]) == {"kappa_sub", "log10_m_hm"}
+    assert np.asarray(post["log_posterior"]).shape == (11, 11)
+    assert np.isclose(np.exp(np.asarray(post["log_posterior"])).sum(), 1.0)
+    s = post["summary"]["log10_m_hm"]
+    assert 7.0 <= s["p2.5"] <= s["p16"] <= s["p50"] <= s["p84"] <= s["p97.5"] <= 10.0
+    assert (out / "posterior.png").stat().st_size > 1000
+    # bad input: another image size, an empty folder, unknown parameter names
+    from tfstronglens.io import write_fits
+
+    (tmp_path / "big").mkdir()
+    write_fits(str(tmp_path / "big" / "a.fits"), np.ones((20, 20), np.float32),
+               pixel_scale=0.05, header={"BKGRMS": 0.01})
+    (tmp_path / "empty").mkdir()
+    for argv, needle in (
+            ([str(tmp_path / "big"), "--model", model], "20x20 pixels, but the estimator was "
+                                                        "trained on 16x16"),
+            ([str(tmp_path / "empty"), "--model", model], "holds no .fits files"),
+            ([str(tmp_path / "images"), "--model", str(tmp_path / "nothing.keras")],
+             "does not exist")):
+        code, _, stderr = _run(["infer-population"] + argv + ["--out", str(tmp_path / "x")])
+        assert code == 2 and needle in stderr, stderr
+        assert not (tmp_path / "x").exists()
+    code, _, stderr = _run(["train-ratio", "--params", "kappa_sub,f_sub", "--out",
+                            str(tmp_path / "t")])
+    assert code == 2 and "f_sub" in stderr and not (tmp_path / "t").exists()
+    code, _, stderr = _run(["train-ratio", "--params", "kappa_sub", "--prior", "kappa_sub=0.1",
+                            "--out", str(tmp_path / "t")])
+    assert code == 2 and "NAME=LOW:HIGH" in stderr

@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_cnn import add_parsers as add_cnn_parsers
     from .cli_fit import add_parsers
+    from .cli_population import add_parsers as add_population_parsers
     from .cli_rim import add_parsers as add_rim_parsers
     from .cli_sensitivity import add_parsers as add_sensitivity_parsers
 
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sensitivity_parsers(sub)
     add_rim_parsers(sub)
     add_cnn_parsers(sub)
+    add_population_parsers(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ from .io._atomic import atomic_output, check_output_path
 from .lensing.grid import PixelGrid
 
 __all__ = ["plot_image", "save_png", "save_fit_panels", "plot_corner", "save_corner",
+           "save_population_posterior",
            "save_sensitivity_map"]
 
 
@@ -228,6 +229,55 @@ def save_sensitivity_map(path, data, log10_mass, region, *, pixel_scale, title=N
     ax1.set_title(title or "lowest detectable log10 M [M_sun]")
     ax1.set_xlabel("x [arcsec]")
     fig.colorbar(im, ax=ax1)
+    fig.tight_layout()
+    return _save_figure(fig, path, overwrite, dpi)
+
+
+def save_population_posterior(posterior, path, *, truth=None, overwrite: bool = True,
+                              dpi: int = 100):
+    """Write a PNG of a :class:`~tfstronglens.inference.population.PopulationPosterior`:
+    each parameter's marginal with its 68% and 95% intervals and, for two or more
+    parameters, the joint posterior of the first two with its 68/95% HPD contours
+    (``truth``: optional ``[D]`` values to mark). Written atomically; returns the path."""
+    path = check_output_path(path, overwrite)
+    names = list(posterior.param_names)
+    d = len(names)
+    ncol = d + (1 if d >= 2 else 0)
+    fig = _new_figure((3.2 * ncol, 3.0), dpi)
+    summ = posterior.summary()
+    for j, name in enumerate(names):
+        ax = fig.add_subplot(1, ncol, j + 1)
+        axis, dens = posterior.marginal(name)
+        ax.plot(axis, dens, "k-", lw=1.2)
+        s = summ[name]
+        for lo, hi, alpha in ((s["p2.5"], s["p97.5"], 0.15), (s["p16"], s["p84"], 0.3)):
+            sel = (axis >= lo) & (axis <= hi)
+            ax.fill_between(axis[sel], dens[sel], color="C0", alpha=alpha, lw=0)
+        if truth is not None:
+            ax.axvline(float(np.ravel(truth)[j]), color="C3", lw=1)
+        ax.set_xlabel(name)
+        ax.set_yticks([])
+        ax.set_title(f"{s['p50']:.3g} +{s['p84'] - s['p50']:.2g} -{s['p50'] - s['p16']:.2g}",
+                     fontsize=8)
+    if d >= 2:
+        ax = fig.add_subplot(1, ncol, ncol)
+        p = posterior.probabilities
+        p2 = p.sum(axis=tuple(range(2, d))) if d > 2 else p
+        flat = np.sort(p2.ravel())[::-1]
+        cum = np.cumsum(flat)
+        levels = sorted({float(flat[min(np.searchsorted(cum, c), len(flat) - 1)])
+                         for c in (0.95, 0.68)})
+        x, y = posterior.axes[0], posterior.axes[1]
+        ax.imshow(p2.T, origin="lower", aspect="auto", cmap="Blues",
+                  extent=(x[0], x[-1], y[0], y[-1]))
+        if len(levels) == 2 and levels[0] < levels[1]:
+            ax.contour(x, y, p2.T, levels=levels, colors="k", linewidths=0.8)
+        if truth is not None:
+            t = np.ravel(truth)
+            ax.plot(t[0], t[1], "+", color="C3", ms=10)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+    fig.suptitle(f"{posterior.num_lenses} lenses", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, path, overwrite, dpi)
 

@@ -17,6 +17,7 @@ from .model import LensModel, build_model, log_uniform
 from .pipeline import FitResult, fit_lens, write_fit_outputs
 from .sensitivity import (SensitivityMap, detection_threshold, sensitivity_map,
                           write_sensitivity_outputs)
+from .population import PopulationPosterior, ensemble_coverage, population_posterior
 from .vi import VIResult, fit_vi, laplace_approximation
 from .reconstruction import (
     SourceReconstruction,
@@ -61,4 +62,7 @@ __all__ = [
     "SensitivityMap",
     "detection_threshold",
     "write_sensitivity_outputs",
+    "PopulationPosterior",
+    "population_posterior",
+    "ensemble_coverage",
 ]

@@ -12,6 +12,9 @@
 * :class:`LensPosteriorNetwork`: a CNN that gives a posterior over the lens parameters in
   milliseconds (Gaussian or normalizing-flow head); :func:`load_lens_cnn` (the shipped
   one), :func:`train_cnn` on simulated lenses.
+* :class:`PopulationRatioEstimator`: a likelihood-ratio estimator of the subhalo population
+  (classifier or ALICES loss); :func:`load_ratio_estimator`, :func:`train_ratio` on paired
+  simulations, :func:`evaluate_ratio` (calibration curve, ensemble coverage).
 """
 
 from .vae import NORMALIZATIONS, VAE, check_image_size, make_decoder, make_encoder
@@ -23,6 +26,8 @@ from .rim_training import evaluate_rim, rim_dataset, train_rim
 from .amortized import (POSTERIOR_HEADS, LensPosteriorNetwork, load_lens_cnn,
                         posterior_parameter_names)
 from .amortized_training import DEFAULT_CNN_SIMULATIONS, cnn_dataset, evaluate_cnn, train_cnn
+from .ratio import RATIO_LOSSES, PopulationRatioEstimator, load_ratio_estimator
+from .ratio_training import DEFAULT_RATIO_SIMULATION, evaluate_ratio, train_ratio
 
 __all__ = [
     "VAE",
@@ -53,4 +58,10 @@ __all__ = [
     "cnn_dataset",
     "evaluate_cnn",
     "DEFAULT_CNN_SIMULATIONS",
+    "PopulationRatioEstimator",
+    "RATIO_LOSSES",
+    "load_ratio_estimator",
+    "train_ratio",
+    "evaluate_ratio",
+    "DEFAULT_RATIO_SIMULATION",
 ]

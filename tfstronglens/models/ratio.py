@@ -60,7 +60,10 @@ import tensorflow as tf
 
 from .amortized import ResNetBackbone, snr_input
 
-__all__ = ["PopulationRatioEstimator", "RATIO_LOSSES"]
+__all__ = ["PopulationRatioEstimator", "RATIO_LOSSES", "PRETRAINED_RATIO", "load_ratio_estimator"]
+
+#: File name of the shipped estimator in ``tfstronglens/models/pretrained/``.
+PRETRAINED_RATIO = "population_ratio.keras"
 
 #: The training losses (see the module docs).
 RATIO_LOSSES = ("alices", "classifier")
@@ -90,7 +93,7 @@ class PopulationRatioEstimator(keras.Model):
     def __init__(self, param_names, prior_low, prior_high, num_pix: int = 64,
                  pixel_scale: float = 0.05, filters=(16, 32, 64, 128), features: int = 128,
                  hidden=(128, 128), loss: str = "alices", score_weight: float = 1.0,
-                 simulation: dict | None = None, **kwargs):
+                 simulation: dict | None = None, calibration: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         from ..simulation.population import PopulationPrior
 
@@ -107,6 +110,7 @@ class PopulationRatioEstimator(keras.Model):
         self.hidden = [int(h) for h in hidden]
         self.loss_kind, self.score_weight = loss, score_weight
         self.simulation = json.loads(json.dumps(simulation)) if simulation else None
+        self.set_calibration(calibration)
         self.backbone = ResNetBackbone(self.filters, self.features, name="backbone")
         self.mlp = [keras.layers.Dense(h, activation="silu", name=f"mlp{i}")
                     for i, h in enumerate(self.hidden)]
@@ -114,6 +118,15 @@ class PopulationRatioEstimator(keras.Model):
         self.trackers = {k: keras.metrics.Mean(name=k) for k in ("loss", "bce", "score_mse")}
         n = self.num_pix
         self.build({"image": (None, n, n), "noise": (None, n, n), "theta": (None, self.dim)})
+
+    def set_calibration(self, scale: float):
+        """Multiply every log-ratio by ``scale`` (temperature scaling, fitted on held-out
+        pairs by :func:`~tfstronglens.models.ratio_training.fit_calibration`)."""
+        scale = float(scale)
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"calibration must be a positive number, got {scale!r}")
+        self.calibration = scale
+        self.__dict__.pop("_grid_fn", None)
 
     @property
     def param_names(self) -> list:
@@ -147,7 +160,7 @@ class PopulationRatioEstimator(keras.Model):
                        u], axis=-1)
         for layer in self.mlp:
             h = layer(h)
-        return self.out(h)[..., 0]
+        return self.out(h)[..., 0] * self.calibration
 
     def call(self, inputs, training=False):
         return self.head(self.embed(inputs), self.prior.standardize(inputs["theta"]))
@@ -165,7 +178,7 @@ class PopulationRatioEstimator(keras.Model):
         if grid.ndim != 2 or grid.shape[1] != self.dim:
             raise ValueError(f"grid must be [num_points, {self.dim}] ({self.param_names}), "
                              f"got shape {grid.shape}")
-        if not hasattr(self, "_grid_fn"):
+        if "_grid_fn" not in self.__dict__:
             self._grid_fn = tf.function(
                 lambda image, noise, u: self.head(
                     self.embed({"image": image, "noise": noise}),
@@ -231,8 +244,51 @@ class PopulationRatioEstimator(keras.Model):
                 "pixel_scale": self.pixel_scale, "filters": self.filters,
                 "features": self.features, "hidden": self.hidden, "loss": self.loss_kind,
                 "score_weight": self.score_weight, "simulation": self.simulation,
-                "name": self.name}
+                "calibration": self.calibration, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, overwrite: bool = False,
+               **kwargs):
+        """Export as a TF SavedModel that loads without tfstronglens or Keras:
+        ``m = tf.saved_model.load(path)``; ``m.log_ratio(image, noise, theta)``
+        (``[B, n, n]``, ``[B, n, n]``, ``[B, D]``) returns ``f(x, theta)`` ``[B]``
+        (calibrated); ``m.param_names()``, ``m.prior_low()``, ``m.prior_high()``. Written
+        beside the target and renamed into place; an existing ``filepath`` is a
+        ``FileExistsError`` unless ``overwrite=True``."""
+        import os
+
+        from ..io._atomic import atomic_directory
+
+        if format != "tf_saved_model":
+            raise ValueError(f"format must be 'tf_saved_model', got {format!r}")
+        filepath = os.fspath(filepath)
+        n, d = self.num_pix, self.dim
+        consts = {"param_names": tf.constant(self.param_names),
+                  "prior_low": tf.constant(self.prior.low, tf.float32),
+                  "prior_high": tf.constant(self.prior.high, tf.float32)}
+        with atomic_directory(filepath, overwrite=overwrite) as tmp:
+            archive = keras.export.ExportArchive()
+            archive.track(self)
+            spec = tf.TensorSpec([None, n, n], tf.float32)
+            archive.add_endpoint(
+                "log_ratio", lambda image, noise, theta: self(
+                    {"image": image, "noise": noise, "theta": theta}),
+                input_signature=[spec, spec, tf.TensorSpec([None, d], tf.float32)])
+            for name, value in consts.items():
+                archive.add_endpoint(name, lambda v=value: v, input_signature=[])
+            archive.write_out(tmp, verbose=False)
+        return filepath
+
+
+def load_ratio_estimator(spec=None) -> PopulationRatioEstimator:
+    """The ratio estimator ``spec`` names: ``None``/``"pretrained"`` (the shipped one), an
+    instance, a ``train-ratio`` output folder or a ``.keras`` file (the rules of
+    :func:`~tfstronglens.models._pretrained.load_model_spec`)."""
+    from ._pretrained import load_model_spec
+
+    return load_model_spec(spec, PopulationRatioEstimator, what="population ratio estimator",
+                           inner="ratio.keras", pretrained=PRETRAINED_RATIO,
+                           command="train-ratio")
