@@ -416,15 +416,20 @@ class LensDatasetGenerator:
             beta=population.get("subhalo_beta", cfg.subhalo_beta),
             m_hm=population.get("m_hm", default_hm), center_x=center_x, center_y=center_y)
 
-    def simulate(self, seed, batch_size: int, population: dict | None = None) -> dict:
+    def simulate(self, seed, batch_size: int, population: dict | None = None,
+                 subhalos: dict | None = None) -> dict:
         """One batch as a dict of tensors (see the class docs), traceable: what
         :meth:`generate_tensors` compiles. ``seed``: a stateless seed; ``population``:
         per-lens subhalo population parameters (see :meth:`subhalo_population`; needs
-        ``subhalo_model`` ``"cdm"`` or ``"wdm"``)."""
+        ``subhalo_model`` ``"cdm"`` or ``"wdm"``); ``subhalos``: instead of drawing them,
+        these subhalos (a dict like a batch's ``subhalos``: ``mass``, ``center_x``,
+        ``center_y``, ``mask``, each ``[B, n_max]``), e.g. to render the images of given
+        subhalos for an exact likelihood. Everything else is drawn from ``seed`` as
+        usual, so the same seed with other subhalos gives the same lenses and sources."""
         cfg = self.config
-        if population and cfg.subhalo_model == "none":
-            raise ValueError("population parameters need subhalo_model 'cdm' or 'wdm', the "
-                             "config has 'none'")
+        if (population or subhalos is not None) and cfg.subhalo_model == "none":
+            raise ValueError("population parameters or subhalos need subhalo_model 'cdm' or "
+                             "'wdm', the config has 'none'")
         B = [batch_size]
         seeds = iter(tfp.random.split_seed(seed, n=24))
         u = lambda name: self._uniform(name, B, next(seeds))  # noqa: E731
@@ -454,7 +459,12 @@ class LensDatasetGenerator:
         x, y = sim.rays
         bx, by = sim.trace(sim.expand_params("lens", [main, shear]), x, y)
         if cfg.subhalo_model != "none":
-            subs = self.subhalo_population(theta_E, cx, cy, population).sample(seed=s_sub)
+            if subhalos is None:
+                subs = self.subhalo_population(theta_E, cx, cy, population).sample(seed=s_sub)
+            else:
+                subs = {k: tf.convert_to_tensor(subhalos[k], tf.bool if k == "mask"
+                                                else tf.float32)
+                        for k in ("mass", "center_x", "center_y", "mask")}
             kw = subhalo_lens_kwargs(subs, self.lens_cosmology, "TNFW",
                                      theta_E_host=theta_E[:, None],
                                      host_center_x=cx[:, None], host_center_y=cy[:, None])
