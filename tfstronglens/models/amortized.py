@@ -68,10 +68,12 @@ def posterior_parameter_names(generator) -> list:
     return names + ["source.0.center_x", "source.0.center_y"]
 
 
-def snr_input(inputs, num_pix: int):
+def snr_input(inputs, num_pix: int, compress: bool = True):
     """The image networks' input: ``asinh(image / noise)[..., None]``, the S/N per pixel
-    compressed, from ``{"image": [B, n, n], "noise": [B, n, n] or [B]}`` (``ValueError``
-    for another layout or an image size other than ``num_pix``, the trained one)."""
+    compressed (or, with ``compress=False``, ``image / noise / 10``: linear, so that a
+    change of the image keeps its chi^2 scale in the bright pixels too), from ``{"image":
+    [B, n, n], "noise": [B, n, n] or [B]}`` (``ValueError`` for another layout or an
+    image size other than ``num_pix``, the trained one)."""
     if not isinstance(inputs, dict) or "image" not in inputs or "noise" not in inputs:
         raise ValueError("inputs must be a dict with 'image' and 'noise'")
     image = tf.convert_to_tensor(inputs["image"], tf.float32)
@@ -82,7 +84,8 @@ def snr_input(inputs, num_pix: int):
     if noise.shape.rank == 1:  # one sigma per image
         noise = noise[:, None, None]
     noise = tf.broadcast_to(noise, tf.shape(image))
-    return tf.asinh(image / noise)[..., None]
+    snr = image / noise
+    return (tf.asinh(snr) if compress else 0.1 * snr)[..., None]
 
 
 # ------------------------------------------------------------------------- backbone

@@ -20,8 +20,9 @@ One network ``f(x, theta)`` of an image and *one* parameter point, read as
   2020): the *joint* ratio ``p(z | theta_0) / p(z | theta_1)`` that the gold-mining
   losses regress on is tractable for two points, while ``p(z)`` is not.
 
-Layout: the image is read as S/N per pixel (``asinh(image / noise)``, as the lens CNN
-reads it) by a :class:`~tfstronglens.models.amortized.ResNetBackbone` into ``features``
+Layout: the image is read as S/N per pixel (``image / noise``, linear by default:
+the lens CNN's ``asinh`` compression would shrink a subhalo's change of a bright arc
+pixel by that pixel's S/N, while the likelihood weighs it linearly) by a :class:`~tfstronglens.models.amortized.ResNetBackbone` into ``features``
 numbers, computed once per image; an MLP of those and the standardised ``theta`` (the
 prior box mapped to ``[-1, 1]``) gives ``f``. A grid of ``G`` points costs one backbone
 call and ``G`` MLP calls per image (:meth:`PopulationRatioEstimator.log_ratio_grid`).
@@ -93,7 +94,8 @@ class PopulationRatioEstimator(keras.Model):
     def __init__(self, param_names, prior_low, prior_high, num_pix: int = 64,
                  pixel_scale: float = 0.05, filters=(16, 32, 64, 128), features: int = 128,
                  hidden=(128, 128), loss: str = "alices", score_weight: float = 1.0,
-                 simulation: dict | None = None, calibration: float = 1.0, **kwargs):
+                 simulation: dict | None = None, calibration: float = 1.0,
+                 input_scale: str = "linear", **kwargs):
         super().__init__(**kwargs)
         from ..simulation.population import PopulationPrior
 
@@ -110,6 +112,9 @@ class PopulationRatioEstimator(keras.Model):
         self.hidden = [int(h) for h in hidden]
         self.loss_kind, self.score_weight = loss, score_weight
         self.simulation = json.loads(json.dumps(simulation)) if simulation else None
+        if input_scale not in ("linear", "asinh"):
+            raise ValueError(f"input_scale must be 'linear' or 'asinh', got {input_scale!r}")
+        self.input_scale = input_scale
         self.set_calibration(calibration)
         self.backbone = ResNetBackbone(self.filters, self.features, name="backbone")
         self.mlp = [keras.layers.Dense(h, activation="silu", name=f"mlp{i}")
@@ -148,7 +153,8 @@ class PopulationRatioEstimator(keras.Model):
     # ---------------------------------------------------------------- forward
     def embed(self, inputs):
         """Backbone features ``[B, features]`` of ``{"image", "noise"}``."""
-        return self.backbone(snr_input(inputs, self.num_pix))
+        return self.backbone(snr_input(inputs, self.num_pix,
+                                       compress=self.input_scale == "asinh"))
 
     def head(self, features, u):
         """``f`` from features ``[B, F]`` and *standardised* ``u [B, ..., D]`` (any number
@@ -244,7 +250,8 @@ class PopulationRatioEstimator(keras.Model):
                 "pixel_scale": self.pixel_scale, "filters": self.filters,
                 "features": self.features, "hidden": self.hidden, "loss": self.loss_kind,
                 "score_weight": self.score_weight, "simulation": self.simulation,
-                "calibration": self.calibration, "name": self.name}
+                "calibration": self.calibration, "input_scale": self.input_scale,
+                "name": self.name}
 
     @classmethod
     def from_config(cls, config):
