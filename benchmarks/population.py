@@ -96,7 +96,8 @@ def learning(sim, args):
         p = sim.prior
         net = PopulationRatioEstimator(p.names, p.low, p.high, num_pix=sim.generator.config.num_pix,
                                        filters=(16, 32, 64), features=64, hidden=(128, 128),
-                                       loss=loss, input_scale=args.input_scale)
+                                       loss=loss, input_scale=args.input_scale,
+                                       latent_weight=args.latent_weight)
         net.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=5.0))
         t0 = time.perf_counter()
         h = net.fit(ratio_dataset(sim, args.batch_size), steps_per_epoch=100,
@@ -104,8 +105,9 @@ def learning(sim, args):
         logit = net.log_ratio(held, held["theta_0"], held["theta_1"]).numpy()
         curves[loss] = np.array(h.history["bce"])
         print(f"learning, {loss}: {time.perf_counter() - t0:.0f} s; cross-entropy per 100 "
-              f"steps {np.round(curves[loss], 4).tolist()}; held-out {_bce(logit, held['y']):.4f}",
-              flush=True)
+              f"steps {np.round(curves[loss], 4).tolist()}; held-out {_bce(logit, held['y']):.4f}; "
+              f"latent summary MSE {np.round(h.history['latent_mse'], 3).tolist()} (its "
+              f"variance {np.var(held['latent_summary'], 0).sum():.3f})", flush=True)
     target = curves["classifier"][-1]
     reach = {k: int(np.argmax(c <= target) + 1) * 100 * args.batch_size if np.any(c <= target)
              else None for k, c in curves.items()}
@@ -121,6 +123,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--template", action="store_true")
     p.add_argument("--input-scale", default="linear", choices=["linear", "asinh"])
+    p.add_argument("--latent-weight", type=float, default=1.0)
     args = p.parse_args()
     sim = make_sim(args)
     print(f"simulation: {DEFAULT_RATIO_SIMULATION}{' with the template lens' if args.template else ''}; "

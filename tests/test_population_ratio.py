@@ -121,6 +121,7 @@ def test_pair_batches_are_consistent():
     assert np.all(diff[has] > 0) and np.all(diff[~has] == 0)
     # more subhalos at larger kappa_sub: the count follows the picked point
     n = b["num_subhalos"].numpy()
+    np.testing.assert_allclose(b["latent_summary"].numpy()[:, 0] * np.sqrt(24), n, rtol=1e-5)
     k = b["theta"].numpy()[:, 0]
     assert stats.spearmanr(k, n).statistic > 0.3
 

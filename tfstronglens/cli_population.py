@@ -75,6 +75,9 @@ def add_parsers(sub):
                     help="training loss (default: %(default)s)")
     tr.add_argument("--score-weight", type=float, default=1.0,
                     help="weight of the score term of the alices loss (default: %(default)s)")
+    tr.add_argument("--latent-weight", type=float, default=1.0,
+                    help="weight of the auxiliary regression of the latent subhalos' number "
+                         "and total mass from the image features (default: %(default)s)")
     tr.add_argument("--num-ensembles", type=_positive_int(10**5), default=200,
                     help="simulated ensembles of the coverage report (default: %(default)s)")
     tr.add_argument("--lenses-per-ensemble", type=_positive_int(10**5), default=10,
@@ -151,7 +154,8 @@ def _train_ratio(args) -> int:
         raise _UserError(str(exc)) from None
     report = train_ratio(args.out, params=names, priors=ranges, simulation=simulation,
                          steps=args.steps, batch_size=args.batch_size, loss=args.loss,
-                         score_weight=args.score_weight, learning_rate=args.learning_rate,
+                         score_weight=args.score_weight, latent_weight=args.latent_weight,
+                         learning_rate=args.learning_rate,
                          steps_per_checkpoint=args.steps_per_checkpoint,
                          num_heldout=args.num_heldout, num_ensembles=args.num_ensembles,
                          lenses_per_ensemble=args.lenses_per_ensemble, seed=args.seed,

@@ -29,7 +29,8 @@ __all__ = ["TRAIN_COMMAND", "DEFAULT_RATIO_SIMULATION", "ratio_dataset", "fit_ca
 TRAIN_COMMAND = "tfstronglens.models.train_ratio"
 
 #: The keys of a pair batch the network trains on.
-PAIR_KEYS = ("image", "noise", "theta_0", "theta_1", "y", "joint_log_ratio", "joint_score")
+PAIR_KEYS = ("image", "noise", "theta_0", "theta_1", "y", "joint_log_ratio", "joint_score",
+             "latent_summary")
 
 #: The default simulation (``LensSimulationConfig`` fields): HST/ACS F814W-like 32x32
 #: images of 0.05" of SIE + shear lenses (Einstein radii 0.5 - 0.7") of bright Sersic
@@ -78,7 +79,8 @@ def ratio_dataset(sim, batch_size: int, start: int = 0, stop: int | None = None,
             "theta_1": tf.TensorSpec([batch_size, d], f32),
             "y": tf.TensorSpec([batch_size], f32),
             "joint_log_ratio": tf.TensorSpec([batch_size], f32),
-            "joint_score": tf.TensorSpec([batch_size, d], f32)}
+            "joint_score": tf.TensorSpec([batch_size, d], f32),
+            "latent_summary": tf.TensorSpec([batch_size, 2], f32)}
     ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
     return ds.prefetch(prefetch) if prefetch else ds
 
@@ -170,7 +172,8 @@ def evaluate_ratio(net: PopulationRatioEstimator, sim, *, num_pairs: int = 2000,
 
 def train_ratio(out_dir, *, params=("kappa_sub", "log10_m_hm"), priors=None, simulation=None,
                 steps: int = 2000, batch_size: int = 64, loss: str = "alices",
-                score_weight: float = 1.0, learning_rate: float = 1e-3,
+                score_weight: float = 1.0, latent_weight: float = 1.0,
+                learning_rate: float = 1e-3,
                 filters=(16, 32, 64), features: int = 64, hidden=(128, 128),
                 steps_per_checkpoint: int = 100, num_heldout: int = 2000,
                 num_ensembles: int = 200, lenses_per_ensemble: int = 10, seed: int = 0,
@@ -204,6 +207,7 @@ def train_ratio(out_dir, *, params=("kappa_sub", "log10_m_hm"), priors=None, sim
                 pixel_scale=sim.generator.observation.pixel_scale,
                 filters=[int(f) for f in filters], features=int(features),
                 hidden=[int(h) for h in hidden], loss=loss, score_weight=float(score_weight),
+                latent_weight=float(latent_weight),
                 simulation={k: v for k, v in cfg.to_dict().items() if k != "seed"})
     settings = {"network": arch, "batch_size": int(batch_size),
                 "learning_rate": float(learning_rate), "seed": int(seed)}

@@ -208,7 +208,8 @@ class PopulationPairSimulator:
     (``[B, N, N]``), ``theta_0``, ``theta_1`` (``[B, D]``), ``y`` (``[B]``, 1 where the
     image was drawn at ``theta_0``), ``theta`` (the point it was drawn at),
     ``joint_log_ratio`` (``log p(z|theta_0) - log p(z|theta_1)``), ``joint_score``
-    (``grad log p(z|theta)`` at ``theta``, ``[B, D]``) and ``num_subhalos``.
+    (``grad log p(z|theta)`` at ``theta``, ``[B, D]``), ``num_subhalos`` and
+    ``latent_summary`` (:meth:`latent_summary`).
     :meth:`simulate_at` simulates images at given parameters (ensembles for inference).
     """
 
@@ -258,7 +259,18 @@ class PopulationPairSimulator:
         return {"image": out["image"], "noise": out["noise_sigma"], "theta_0": theta_0,
                 "theta_1": theta_1, "y": y, "theta": theta, "joint_log_ratio": log_r,
                 "joint_score": self.joint_score(out, theta),
-                "num_subhalos": tf.reduce_sum(tf.cast(out["subhalos"]["mask"], tf.int32), -1)}
+                "num_subhalos": tf.reduce_sum(tf.cast(out["subhalos"]["mask"], tf.int32), -1),
+                "latent_summary": self.latent_summary(out["subhalos"])}
+
+    def latent_summary(self, subhalos):
+        """Two numbers per lens that summarise its subhalos ``z`` (``[B, 2]``): the number
+        ``n / sqrt(n_max)`` and the log total mass ``log10(1 + sum m / m_min)``, targets of
+        the ratio network's auxiliary head (latent supervision of its image features)."""
+        mask = tf.cast(subhalos["mask"], tf.float32)
+        cfg = self.generator.config
+        n = tf.reduce_sum(mask, -1) / math.sqrt(cfg.n_max)
+        total = tf.reduce_sum(mask * tf.cast(subhalos["mass"], tf.float32), -1) / cfg.m_min
+        return tf.stack([n, tf.math.log(1.0 + total) / math.log(10.0)], -1)
 
     def _compiled(self, key, fn):
         if key not in self._fns:
