@@ -274,3 +274,18 @@ def test_cli_show_config_simulate_infer_round_trip_and_bad_input(tmp_path):
     code, _, stderr = _run(["train-ratio", "--params", "kappa_sub", "--prior", "kappa_sub=0.1",
                             "--out", str(tmp_path / "t")])
     assert code == 2 and "NAME=LOW:HIGH" in stderr
+
+
+def test_calibration_scale_recovers_a_temperature_and_ignores_noise(rng):
+    """Logits of a calibrated classifier, sharpened 3x, are rescaled by about 1/3; logits
+    that carry no information are shrunk (towards a flat posterior), never stretched."""
+    from tfstronglens.models.ratio_training import calibration_curve, fit_calibration
+
+    true = rng.normal(0.0, 1.5, 20000)
+    y = (rng.uniform(size=true.size) < 1 / (1 + np.exp(-true))).astype(float)
+    assert abs(fit_calibration(3.0 * true, y) - 1 / 3) < 0.02
+    assert calibration_curve(true, y)["ece"] < 0.02
+    assert calibration_curve(3.0 * true, y)["ece"] > 0.1
+    for width in (0.01, 1.0):
+        noise = rng.normal(0.0, width, 20000)
+        assert fit_calibration(noise, rng.integers(0, 2, 20000).astype(float)) <= 1.0

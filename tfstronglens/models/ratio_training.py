@@ -101,12 +101,26 @@ def _bce(logit, y):
 def fit_calibration(logits, y) -> float:
     """The scale ``a`` of the log-ratios that minimises the held-out cross-entropy of
     ``a * logit`` against ``y`` (temperature scaling; no offset, as ``log r(theta_0,
-    theta_1)`` is antisymmetric). ``a < 1``: the estimator was overconfident."""
+    theta_1)`` is antisymmetric). ``a < 1``: the estimator was overconfident.
+
+    The scale is kept only if it generalises: fitted on one half of the pairs, it must
+    lower the cross-entropy of the other half; otherwise 1 is returned. (Measured on an
+    estimator that had learned nothing: fitted on all pairs at once, the scale went to
+    10, the bound, and made its posteriors overconfident. Its 68% regions covered the
+    truth in 56% of 100 ensembles.)"""
     from scipy.optimize import minimize_scalar
 
     logits, y = np.asarray(logits, float), np.asarray(y, float)
-    res = minimize_scalar(lambda a: _bce(a * logits, y), bounds=(0.01, 10.0), method="bounded")
-    return float(res.x)
+
+    def fit(lg, yy):
+        return float(minimize_scalar(lambda a: _bce(a * lg, yy), bounds=(0.01, 10.0),
+                                     method="bounded").x)
+
+    half = len(logits) // 2
+    a = fit(logits[:half], y[:half])
+    if not _bce(a * logits[half:], y[half:]) < _bce(logits[half:], y[half:]):
+        return 1.0
+    return fit(logits, y)
 
 
 def calibration_curve(logits, y, bins: int = 10) -> dict:
