@@ -107,10 +107,6 @@ class PopulationPosterior:
                 "log_posterior": self.log_posterior.tolist()}
 
 
-def _grid_points(axes):
-    return np.array(list(itertools.product(*axes)), np.float64)
-
-
 def population_posterior(estimator, inputs=None, points_per_axis: int = 41,
                          log_ratios=None, axes=None) -> PopulationPosterior:
     """The grid posterior of ``estimator``'s population parameters given lenses.
@@ -130,7 +126,7 @@ def population_posterior(estimator, inputs=None, points_per_axis: int = 41,
     if log_ratios is None:
         if inputs is None:
             raise ValueError("give the lenses (inputs) or their log_ratios")
-        log_ratios = estimator.log_ratio_grid(inputs, _grid_points(axes))
+        log_ratios = estimator.log_ratio_grid(inputs, grid_points(axes))
     log_ratios = np.asarray(log_ratios, np.float64)
     if log_ratios.ndim != 2 or log_ratios.shape[1] != int(np.prod(shape)):
         raise ValueError(f"log_ratios must be [num_lenses, {int(np.prod(shape))}], got "
@@ -147,7 +143,7 @@ def population_posterior(estimator, inputs=None, points_per_axis: int = 41,
 def grid_points(axes) -> np.ndarray:
     """All points ``[G, D]`` of the grid with 1-D ``axes`` (C order, as
     :attr:`PopulationPosterior.log_posterior` is laid out)."""
-    return _grid_points(axes)
+    return np.array(list(itertools.product(*axes)), np.float64)
 
 
 def ensemble_coverage(hpd_levels, levels=(0.68, 0.95)) -> dict:
