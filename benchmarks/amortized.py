@@ -3,6 +3,7 @@
 
     python benchmarks/amortized.py [--model pretrained|DIR] [--only throughput,heldout,
         heads,lenstronomy,map,hmc] [--num-heldout 2000] [--num-map 20] [--num-hmc 20]
+        [--hmc-cache FILE.json]
 
 Sections:
 
@@ -36,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from fit import mirrored_mode  # noqa: E402  (benchmarks/fit.py)
 from tfstronglens.models import load_lens_cnn  # noqa: E402
 from tfstronglens.models.amortized_training import (  # noqa: E402
     DEFAULT_CNN_SIMULATIONS, cnn_batch, cnn_generators, evaluate_cnn, report_from_evaluation)
@@ -235,16 +237,28 @@ def lenstronomy_aegis(net, n_per_galaxy=40, seed=3):
     _print_report("the same lens parameters, this package's Sersic simulations", ref)
 
 
-def _mirrored(fit, truth):
-    e_t = np.array([truth["lens.0.e1"], truth["lens.0.e2"], truth["lens.1.gamma1"],
-                    truth["lens.1.gamma2"]])
-    e_f = np.array([fit["lens.0.e1"], fit["lens.0.e2"], fit["lens.1.gamma1"],
-                    fit["lens.1.gamma2"]])
-    return np.linalg.norm(e_f + e_t) < np.linalg.norm(e_f - e_t)
+def _load_cache(path):
+    import json
+
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
 
 
-def map_and_hmc(net, num_map, num_hmc, num_starts=8):
+def _save_cache(path, cache):
+    import json
+
+    from tfstronglens.io._atomic import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "w") as fh:
+        json.dump(cache, fh, indent=1)
+
+
+def map_and_hmc(net, num_map, num_hmc, num_starts=8, cache_path=None):
     from tfstronglens.inference import build_model, fit_lens
+
+    cache = _load_cache(cache_path)  # lens index -> its HMC comparison row (resumable)
 
     sim = dict(DEFAULT_CNN_SIMULATIONS[0])
     gen = cnn_generators([sim], seed=777, heldout=True)[0]
@@ -266,13 +280,16 @@ def map_and_hmc(net, num_map, num_hmc, num_starts=8):
                 dt = time.perf_counter() - t0
                 best = res.map.summary()
                 rows[init].append(dict(
-                    time=dt, mirrored=_mirrored(best, truth),
+                    time=dt, mirrored=mirrored_mode(best, truth),
                     theta_E_miss=abs(best["lens.0.theta_E"] / truth["lens.0.theta_E"] - 1) > 0.02,
                     log_post=float(res.map.log_posterior)))
                 print(f"map: lens {i + 1}/{num_map}, starts from {init}: {dt:.1f} s, mirrored "
                       f"{rows[init][-1]['mirrored']}, theta_E miss "
                       f"{rows[init][-1]['theta_E_miss']}", flush=True)
-        if i < num_hmc:
+        if i < num_hmc and str(i) in cache:
+            hmc_rows.append({n: tuple(v) for n, v in cache[str(i)]["row"].items()})
+            print(f"hmc: lens {i + 1}/{num_hmc} from {cache_path}", flush=True)
+        elif i < num_hmc:
             res = fit_lens(model, image, method="hmc", num_starts=num_starts, map_steps=300,
                            seed=i,
                            init=net, num_chains=4, num_results=300, num_burnin=300,
@@ -280,10 +297,17 @@ def map_and_hmc(net, num_map, num_hmc, num_starts=8):
             x = {"image": tf.constant(image[None]), "noise": tf.constant(
                 np.asarray(out["noise_sigma"][i])[None])}
             d = net.posterior(x).sample(2000, seed=[i, 9]).numpy()[:, 0]
-            hmc_rows.append({n: (d[:, j].mean(), d[:, j].std(), res.summary[n]["mean"],
-                                 res.summary[n]["std"])
+            hmc_rows.append({n: (float(d[:, j].mean()), float(d[:, j].std()),
+                                 res.summary[n]["mean"], res.summary[n]["std"])
                              for j, n in enumerate(net.param_names)})
-            print(f"hmc: lens {i + 1}/{num_hmc} done ({res.timings['total']:.0f} s)", flush=True)
+            max_r_hat = max(v["r_hat"] for v in res.summary.values())
+            min_ess = min(min(v["ess_bulk"], v["ess_tail"]) for v in res.summary.values())
+            print(f"hmc: lens {i + 1}/{num_hmc} done ({res.timings['total']:.0f} s; max R-hat "
+                  f"{max_r_hat:.3f}, min bulk/tail ESS {min_ess:.0f})", flush=True)
+            if cache_path:
+                cache[str(i)] = {"row": hmc_rows[-1], "seconds": res.timings["total"],
+                                 "max_r_hat": max_r_hat, "min_ess": min_ess}
+                _save_cache(cache_path, cache)
     if num_map:
         print(f"MAP of {num_map} held-out lenses (SIE + shear, Sersic source, no lens light), "
               f"{num_starts} starts x 300 Adam steps + LM polish:")
@@ -313,6 +337,8 @@ def main():
     p.add_argument("--num-map", type=int, default=20)
     p.add_argument("--num-hmc", type=int, default=20)
     p.add_argument("--head-steps", type=int, default=1000)
+    p.add_argument("--hmc-cache", default=None, metavar="FILE.json",
+                   help="keep each lens's HMC comparison here; a rerun skips lenses done")
     args = p.parse_args()
     net = load_lens_cnn(args.model)
     only = set(args.only.split(","))
@@ -328,7 +354,7 @@ def main():
         lenstronomy_aegis(net)
     if "map" in only or "hmc" in only:
         map_and_hmc(net, args.num_map if "map" in only else 0,
-                    args.num_hmc if "hmc" in only else 0)
+                    args.num_hmc if "hmc" in only else 0, cache_path=args.hmc_cache)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ intervals, and the comparison with the issue's target ("the whole pipeline, to a
 1000 effective samples for every parameter, in under 10 minutes on this CPU").
 
 Usage: ``python benchmarks/fit.py [--quick] [--num-chains 8] [--num-results 400]
-[--num-burnin 300] [--json out.json]``
+[--num-burnin 300] [--init prior|cnn] [--json out.json]``; ``--map-study N`` runs only
+the MAP on N noise realisations, with starts from the prior and from the lens CNN.
 """
 
 from __future__ import annotations
@@ -101,6 +102,57 @@ def make_problem(snr, seed, dtype="float32", lens_light_ratio=10.0):
     return obs, truth, data, arc_snr(k)
 
 
+def mirrored_mode(fit, truth):
+    """Whether a fit's (e1, e2, gamma1, gamma2) is nearer the truth's mirror image
+    ``-(e, gamma)`` than the truth: the ellipticity/shear degeneracy a multi-start MAP from
+    the prior sometimes lands in."""
+    keys = ("lens.0.e1", "lens.0.e2", "lens.1.gamma1", "lens.1.gamma2")
+    e_t = np.array([truth[k] for k in keys])
+    e_f = np.array([fit[k] for k in keys])
+    return bool(np.linalg.norm(e_f + e_t) < np.linalg.norm(e_f - e_t))
+
+
+def map_study(args, num_seeds):
+    """``--map-study N``: the MAP alone (``fit_lens(method="map")``, the benchmark's starts
+    and steps) on N noise realisations of the benchmark lens, starts drawn from the prior
+    and from the shipped lens CNN (``init="cnn"``: the EPL + shear network for this model,
+    the 60x60 image of 0.065" resampled onto its 64x64 grid of 0.05"): time, the mirrored
+    ellipticity/shear mode, and the best log posterior."""
+    rows = {"prior": [], "cnn": []}
+    model = None
+    for seed in range(num_seeds):
+        obs, truth, data, _ = make_problem(args.snr, seed, lens_light_ratio=args.lens_light_ratio)
+        if model is None:  # one model (its priors from the first image); data per fit
+            model = build_model(obs, data, lens="epl+shear", source="sersic",
+                                lens_light="sersic", supersample=SS,
+                                compile_batch_size=args.compile_batch_size)
+        for init in rows:
+            t0 = time.perf_counter()
+            res = fit_lens(model, data, method="map", num_starts=args.num_starts,
+                           map_steps=args.map_steps, map_polish_steps=args.map_polish_steps,
+                           seed=seed, init=init, progress=False)
+            best = res.map.summary()
+            rows[init].append(dict(time=time.perf_counter() - t0,
+                                   mirrored=mirrored_mode(best, truth),
+                                   log_post=float(res.map.log_posterior),
+                                   theta_E=best["lens.0.theta_E"], gamma=best["lens.0.gamma"]))
+            r = rows[init][-1]
+            print(f"seed {seed}, starts from {init:5s}: {r['time']:.1f} s, mirrored "
+                  f"{r['mirrored']}, log posterior {r['log_post']:.1f}, theta_E "
+                  f"{r['theta_E']:.4f} (truth {truth['lens.0.theta_E']}), gamma "
+                  f"{r['gamma']:.3f} (truth {truth['lens.0.gamma']})", flush=True)
+    print(f"\nMAP of the benchmark lens ({num_seeds} noise realisations, {args.num_starts} "
+          f"starts x {args.map_steps} Adam steps + polish):")
+    for init, r in rows.items():
+        t = np.array([x["time"] for x in r])
+        print(f"  starts from {init:5s}: median {np.median(t):.1f} s; mirrored mode "
+              f"{sum(x['mirrored'] for x in r)}/{len(r)}")
+    d = np.array([b["log_post"] - a["log_post"] for a, b in zip(rows["prior"], rows["cnn"])])
+    print(f"  best log posterior, cnn - prior starts: median {np.median(d):.2f}; cnn higher by "
+          f"> 1 on {(d > 1).sum()}, lower by > 1 on {(d < -1).sum()}")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-starts", type=int, default=32)
@@ -139,7 +191,13 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--no-tune-allocator", action="store_true",
                     help="leave glibc malloc at its defaults (see tfstronglens.runtime)")
+    ap.add_argument("--init", default="prior", choices=["prior", "cnn"],
+                    help="MAP starts: prior draws, or draws of the shipped lens CNN")
+    ap.add_argument("--map-study", type=int, default=0, metavar="N",
+                    help="only the MAP, with prior and CNN starts, on N noise realisations")
     args = ap.parse_args(argv)
+    if args.map_study:
+        return map_study(args, args.map_study)
     if args.quick:
         for key, val in QUICK.items():
             setattr(args, key, val)
@@ -157,7 +215,7 @@ def main(argv=None):
                     num_results=args.num_results, num_burnin=args.num_burnin,
                     max_tree_depth=args.max_tree_depth, seed=args.seed,
                     hmc_kernel=args.kernel, target_accept=args.target_accept,
-                    vi_surrogate=args.vi_surrogate, neutra=args.neutra,
+                    vi_surrogate=args.vi_surrogate, neutra=args.neutra, init=args.init,
                     adapt_mass_matrix=(None if args.adapt_mass_matrix == "none"
                                        else args.adapt_mass_matrix))
     t0 = time.perf_counter()

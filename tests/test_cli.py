@@ -136,6 +136,25 @@ def test_bad_arguments_give_one_line_error_and_exit_code_2(tmp_path, argv, needl
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["simulate", "--n", "2"], ["train-cnn"],
+                                     ["train-ratio", "--params", "kappa_sub"]])
+@pytest.mark.parametrize("content, needle", [(None, "does not exist"),
+                                             ("{not json", "not valid JSON"),
+                                             ("[1, 2]", "must hold")])
+def test_every_json_config_error_names_the_option_and_file(tmp_path, command, content, needle):
+    """The simulation commands read ``--config`` through one function: a missing file,
+    invalid JSON or a value of the wrong kind is one line naming ``--config`` and the
+    path, exit code 2, nothing written."""
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "never"
+    code, _, stderr = run_main([*command, "--config", str(path), "--out", str(out)])
+    assert code == 2 and not out.exists()
+    assert "--config" in stderr and str(path) in stderr and needle in stderr, stderr
+    assert "Traceback" not in stderr
+
+
 def test_version_and_help():
     code, stdout, _ = run_main(["--version"])
     assert code == 0 and stdout.strip() == f"tfstronglens {tsl.__version__}"

@@ -344,19 +344,9 @@ def _simulate_example(args) -> int:
 def _simulate_dataset(args) -> int:
     from tfstronglens.simulation import LensDatasetGenerator, LensSimulationConfig, write_dataset
 
-    data = {}
-    if args.config is not None:
-        if not os.path.isfile(args.config):
-            raise _UserError(f"--config {args.config!r} is not a file")
-        import json
+    from .cli_args import read_json_config
 
-        try:
-            with open(args.config) as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise _UserError(f"--config {args.config!r} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise _UserError(f"--config {args.config!r} must hold a JSON object")
+    data = {} if args.config is None else read_json_config(args.config)
     if args.instrument is not None:
         data["instrument"] = args.instrument
     if args.seed is not None:

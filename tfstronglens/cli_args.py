@@ -1,7 +1,8 @@
 """Command-line options shared by several commands, parsed in one place and read in one
 place: those of an observed lens image (``fit``, ``reconstruct``; the noise options also
-``predict``) and those of a training run on simulated lenses (``train-rim``,
-``train-cnn``)."""
+``predict``), those of a training run on simulated lenses (``train-rim``,
+``train-cnn``, ``train-ratio``) and the JSON simulation configs (``simulate``,
+``train-cnn``, ``train-ratio``, ``infer-population``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 from .cli import _positive_float, _positive_int, _seed, _UserError
 
 __all__ = ["add_image_args", "load_image_args", "add_noise_args", "add_training_args",
-           "check_training_out", "training_strategy"]
+           "check_training_out", "training_strategy", "read_json_config"]
 
 
 def add_noise_args(p, what: str = "background noise per pixel, e-/s (default: header BKGRMS)"):
@@ -96,3 +97,25 @@ def training_strategy(args):
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy()
+
+
+def read_json_config(path, option: str = "--config", *, allow_list: bool = False):
+    """The JSON value in file ``path`` given as ``option``: a dict (a
+    ``LensSimulationConfig``), or with ``allow_list`` also a non-empty list of dicts.
+    ``_UserError`` naming the option and path for a missing file, invalid JSON or another
+    value."""
+    import json
+
+    if not os.path.isfile(path):
+        raise _UserError(f"{option} {path!r} does not exist or is not a file")
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise _UserError(f"{option} {path!r} is not valid JSON: {exc}") from None
+    ok = isinstance(data, dict) or (allow_list and isinstance(data, list) and data
+                                    and all(isinstance(d, dict) for d in data))
+    if not ok:
+        want = "a config dict or a non-empty list of them" if allow_list else "a JSON object"
+        raise _UserError(f"{option} {path!r} must hold {want}")
+    return data

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_float, _positive_int, _seed
-from .cli_args import add_noise_args, add_training_args, check_training_out, training_strategy
+from .cli_args import (add_noise_args, add_training_args, check_training_out, read_json_config,
+                       training_strategy)
 
 __all__ = ["add_parsers"]
 
@@ -55,8 +56,10 @@ def add_parsers(sub):
                     help="exposure time in s for the Poisson noise (default: header EXPTIME)")
     pr.add_argument("--pixel-scale", type=_positive_float, default=None, metavar="P",
                     help="arcsec per pixel (default: header PIXSCALE or the WCS)")
-    pr.add_argument("--model", default="pretrained", metavar="pretrained|DIR",
-                    help="the network: 'pretrained' or a train-cnn output folder / .keras file")
+    pr.add_argument("--model", default="pretrained", metavar="pretrained|pretrained-epl|DIR",
+                    help="the network: a shipped one ('pretrained': SIE + shear, "
+                         "'pretrained-epl': EPL + shear, which adds lens.0.gamma) or a "
+                         "train-cnn output folder / .keras file")
     pr.add_argument("--resample", action="store_true",
                     help="interpolate images of another pixel scale onto the network's grid")
     pr.add_argument("--num-samples", type=_positive_int(10**6), default=2000,
@@ -74,17 +77,8 @@ def _read_simulations(path, instrument):
 
         sims = [dict(s) for s in DEFAULT_CNN_SIMULATIONS]
     else:
-        if not os.path.isfile(path):
-            raise _UserError(f"--config {path!r} does not exist")
-        try:
-            with open(path) as fh:
-                sims = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise _UserError(f"--config {path!r} is not valid JSON: {exc}") from None
+        sims = read_json_config(path, allow_list=True)
         sims = [sims] if isinstance(sims, dict) else sims
-        if not isinstance(sims, list) or not sims or not all(isinstance(s, dict) for s in sims):
-            raise _UserError(f"--config {path!r} must hold a config dict or a non-empty list "
-                             "of them")
     from .simulation import LensSimulationConfig
 
     out = []

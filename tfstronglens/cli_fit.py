@@ -35,8 +35,10 @@ def _add_inference_args(p, defaults):
                         "amortized lens CNN's posterior for the lens and source position "
                         "(needs an image of the CNN's pixel scale; --init-model) "
                         "(default: %(default)s)")
-    g.add_argument("--init-model", default="pretrained", metavar="pretrained|DIR",
-                   help="the lens CNN of --init cnn: 'pretrained' or a train-cnn folder")
+    g.add_argument("--init-model", default=None, metavar="pretrained|pretrained-epl|DIR",
+                   help="the lens CNN of --init cnn: a shipped one ('pretrained': SIE + shear,"
+                        " 'pretrained-epl': EPL + shear) or a train-cnn folder (default: the "
+                        "shipped one for the model's main lens)")
     g.add_argument("--map-steps", type=_count, default=defaults["map_steps"],
                    help="Adam steps of the MAP (default: %(default)s)")
     g.add_argument("--vi-steps", type=_count, default=defaults["vi_steps"],
@@ -173,8 +175,12 @@ def _fit_kwargs(args):
 def _init(args):
     if args.init == "prior":
         return None
-    if args.init_model == "pretrained":
+    from .models import PRETRAINED_CNNS
+
+    if args.init_model is None:
         return "cnn"
+    if args.init_model in PRETRAINED_CNNS:
+        return args.init_model
     if not os.path.exists(args.init_model):
         raise ValueError(f"--init-model {args.init_model!r} does not exist")
     return args.init_model

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_int
-from .cli_args import add_training_args, check_training_out, training_strategy
+from .cli_args import (add_training_args, check_training_out, read_json_config,
+                       training_strategy)
 
 __all__ = ["add_parsers", "read_population_images"]
 
@@ -115,15 +116,7 @@ def add_parsers(sub):
 def _read_config(path):
     if path is None:
         return None
-    if not os.path.isfile(path):
-        raise _UserError(f"--config {path!r} does not exist")
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise _UserError(f"--config {path!r} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise _UserError(f"--config {path!r} must hold a JSON object (LensSimulationConfig)")
+    data = read_json_config(path)
     from .simulation import LensSimulationConfig
 
     try:

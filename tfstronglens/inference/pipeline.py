@@ -215,10 +215,12 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         ``Normal(0, map_init_jitter)`` spread of the starts around them in unconstrained
         coordinates; default: prior draws.
       init: where the MAP starts come from when ``map_init`` is not given: ``None`` or
-        ``"prior"`` (prior draws), ``"cnn"`` (draws of the shipped lens CNN's amortized
-        posterior for the lens and source position,
-        :func:`~tfstronglens.inference.amortized_starts`; the other parameters from the
-        prior), or a :class:`~tfstronglens.models.LensPosteriorNetwork` / its folder.
+        ``"prior"`` (prior draws), ``"cnn"`` (draws of the amortized posterior of the
+        shipped lens CNN for the model's main lens, SIE or EPL, for the lens and source
+        position, :func:`~tfstronglens.inference.amortized_starts`; the other parameters
+        from the prior), a shipped network's name (``"pretrained"``,
+        ``"pretrained-epl"``), or a :class:`~tfstronglens.models.LensPosteriorNetwork` /
+        its folder. Images of another size or pixel scale are put on the network's grid.
 
     Returns:
       a :class:`FitResult`.
@@ -257,9 +259,12 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         t_init = time.perf_counter()
         if map_init is not None:
             raise ValueError("give either map_init or init, not both")
-        if isinstance(init, str) and init not in AMORTIZED_INITS and not os.path.exists(init):
-            raise ValueError(f"init must be one of {AMORTIZED_INITS}, a lens CNN or its "
-                             f"folder, got {init!r}")
+        from ..models.amortized import PRETRAINED_CNNS
+
+        if (isinstance(init, str) and init not in AMORTIZED_INITS
+                and init not in PRETRAINED_CNNS and not os.path.exists(init)):
+            raise ValueError(f"init must be one of {AMORTIZED_INITS}, a shipped lens CNN "
+                             f"{tuple(PRETRAINED_CNNS)}, a lens CNN or its folder, got {init!r}")
         map_init = amortized_starts(model, None if init == "cnn" else init, d,
                                     num_starts=num_starts, seed=int(base[0]))
         map_init_jitter = 0.0

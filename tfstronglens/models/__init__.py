@@ -23,7 +23,7 @@ from ._pretrained import PRETRAINED_MODELS, load_pretrained_vae, pretrained_path
 from .training import train_on_stream, train_vae
 from .rim import RIM, ConvGRU, footprint_mask, load_rim, source_error
 from .rim_training import evaluate_rim, rim_dataset, train_rim
-from .amortized import (POSTERIOR_HEADS, LensPosteriorNetwork, load_lens_cnn,
+from .amortized import (POSTERIOR_HEADS, PRETRAINED_CNNS, LensPosteriorNetwork, load_lens_cnn,
                         posterior_parameter_names)
 from .amortized_training import DEFAULT_CNN_SIMULATIONS, cnn_dataset, evaluate_cnn, train_cnn
 from .ratio import RATIO_LOSSES, PopulationRatioEstimator, load_ratio_estimator
@@ -41,6 +41,7 @@ __all__ = [
     "load_pretrained_vae",
     "pretrained_path",
     "PRETRAINED_MODELS",
+    "PRETRAINED_CNNS",
     "train_on_stream",
     "RIM",
     "ConvGRU",

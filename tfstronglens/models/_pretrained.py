@@ -59,20 +59,22 @@ def load_pretrained_vae(name: str = "synthetic_galaxies_64", compile: bool = Fal
     return keras.models.load_model(path, compile=compile)
 
 
-def load_model_spec(spec, cls, *, what: str, inner: str, pretrained: str, command: str):
+def load_model_spec(spec, cls, *, what: str, inner: str, pretrained, command: str):
     """The ``cls`` model named by ``spec``, the one rule of the package's model loaders
     (:func:`~tfstronglens.models.load_rim`, :func:`~tfstronglens.models.load_lens_cnn`):
     ``None`` or ``"pretrained"`` (the shipped file ``pretrained`` in
-    :data:`PRETRAINED_DIR`), an instance (returned as is), a training folder holding
-    ``inner`` (written by ``tfstronglens <command> --out DIR``) or a ``.keras`` path.
-    ``FileNotFoundError`` for a missing file, ``ValueError`` for one that does not hold a
-    ``cls`` (``what`` names it in the messages)."""
+    :data:`PRETRAINED_DIR`; ``pretrained`` may also be a ``{name: file}`` table of shipped
+    models, ``"pretrained"`` among the names), an instance (returned as is), a training
+    folder holding ``inner`` (written by ``tfstronglens <command> --out DIR``) or a
+    ``.keras`` path. ``FileNotFoundError`` for a missing file, ``ValueError`` for one that
+    does not hold a ``cls`` (``what`` names it in the messages)."""
     import keras
 
     if isinstance(spec, cls):
         return spec
-    if spec is None or (isinstance(spec, str) and spec == "pretrained"):
-        path = os.path.join(PRETRAINED_DIR, pretrained)
+    shipped = {"pretrained": pretrained} if isinstance(pretrained, str) else dict(pretrained)
+    if spec is None or (isinstance(spec, str) and spec in shipped):
+        path = os.path.join(PRETRAINED_DIR, shipped["pretrained" if spec is None else spec])
         if not os.path.isfile(path):
             raise FileNotFoundError(f"the shipped {what} is not in this installation ({path!r}); "
                                     f"train one with `tfstronglens {command} --out DIR` and "

@@ -55,8 +55,8 @@ import tensorflow_probability as tfp
 tfd, tfb = tfp.distributions, tfp.bijectors
 
 __all__ = ["LensPosteriorNetwork", "ResNetBackbone", "GaussianHead", "FlowHead",
-           "ConditionalMADE", "POSTERIOR_HEADS", "PRETRAINED_CNN", "load_lens_cnn",
-           "posterior_parameter_names", "match_network_grid", "snr_input"]
+           "ConditionalMADE", "POSTERIOR_HEADS", "PRETRAINED_CNN", "PRETRAINED_CNNS",
+           "load_lens_cnn", "posterior_parameter_names", "match_network_grid", "snr_input"]
 
 
 def posterior_parameter_names(generator) -> list:
@@ -562,18 +562,24 @@ def match_network_grid(image, noise, pixel_scale: float, num_pix: int,
     return image.astype(np.float32), noise.astype(np.float32), notes
 
 
-#: File name of the shipped lens-parameter CNN in ``tfstronglens/models/pretrained``.
-PRETRAINED_CNN = "lens_cnn_hst_acs_f814w.keras"
+#: The shipped lens-parameter CNNs (``tfstronglens/models/pretrained``), by the name that
+#: :func:`load_lens_cnn` and ``--model`` take: ``"pretrained"`` (SIE + shear) and
+#: ``"pretrained-epl"`` (EPL + shear, which adds ``lens.0.gamma``), both for the
+#: ``hst_acs_f814w`` preset (64x64 pixels of 0.05").
+PRETRAINED_CNNS = {"pretrained": "lens_cnn_hst_acs_f814w.keras",
+                   "pretrained-epl": "lens_cnn_epl_hst_acs_f814w.keras"}
+#: File name of the default shipped lens-parameter CNN (SIE + shear).
+PRETRAINED_CNN = PRETRAINED_CNNS["pretrained"]
 
 
 def load_lens_cnn(spec=None) -> LensPosteriorNetwork:
-    """The :class:`LensPosteriorNetwork` named by ``spec``: ``None`` or ``"pretrained"``
-    (the shipped one, for the ``hst_acs_f814w`` preset; see
-    ``tfstronglens/models/pretrained/README.md``), a network, a training folder holding
-    ``cnn.keras`` (``train-cnn --out DIR``) or the path of a ``.keras`` file.
-    ``FileNotFoundError`` for a missing file, ``ValueError`` for one that does not hold
-    such a network."""
+    """The :class:`LensPosteriorNetwork` named by ``spec``: ``None`` or one of
+    :data:`PRETRAINED_CNNS` (``"pretrained"``: the shipped SIE + shear network,
+    ``"pretrained-epl"``: EPL + shear; see ``tfstronglens/models/pretrained/README.md``),
+    a network, a training folder holding ``cnn.keras`` (``train-cnn --out DIR``) or the
+    path of a ``.keras`` file. ``FileNotFoundError`` for a missing file, ``ValueError`` for
+    one that does not hold such a network."""
     from ._pretrained import load_model_spec
 
     return load_model_spec(spec, LensPosteriorNetwork, what="lens CNN", inner="cnn.keras",
-                           pretrained=PRETRAINED_CNN, command="train-cnn")
+                           pretrained=PRETRAINED_CNNS, command="train-cnn")
