@@ -36,6 +36,7 @@ between calls.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -53,6 +54,7 @@ __all__ = ["find_map", "MAPResult", "initial_points", "polish_levenberg_marquard
 _LM_RENDERS_PER_ITERATION = 2048
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
 class MAPResult:
     """The result of :func:`find_map`.
 
@@ -61,16 +63,31 @@ class MAPResult:
         pixelated source).
       x: best point in unconstrained space, ``[D]``.
       objective: the best objective value (``log p~`` or ``log L``).
+      objective_name: ``"posterior"`` or ``"likelihood"``.
       log_likelihood, log_posterior: at the best point (``log_posterior`` is the
         constrained-space ``log prior + log L``, without ``log|J|``).
       all_x: ``[S, D]`` best point of every start; ``all_params``: dict of ``[S, ...]``;
         ``all_objective``: ``[S]`` (``-inf`` for starts that never had a finite value).
       loss_history: numpy ``[num_steps, S]``, the loss ``-objective`` at every step.
-      param_names, num_starts, num_steps, wall_time (seconds), objective_name.
+      param_names, num_starts, num_steps; best_index: the start of ``x``; wall_time
+      (seconds).
     """
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    params: dict
+    x: tf.Tensor
+    objective: float
+    objective_name: str
+    log_likelihood: float
+    log_posterior: float
+    all_x: tf.Tensor
+    all_params: dict
+    all_objective: tf.Tensor
+    loss_history: np.ndarray
+    param_names: list
+    num_starts: int
+    num_steps: int
+    best_index: int
+    wall_time: float
 
     def summary(self) -> dict:
         """Best-fit values as Python floats (scalar parameters) by name."""
