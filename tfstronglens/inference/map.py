@@ -45,7 +45,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from ._util import adam_update, as_seed, positive_float, positive_int, progress_bar
-from .model import LensModel
+from .model import LensModel, run_in_batches
 
 __all__ = ["find_map", "MAPResult", "initial_points", "polish_levenberg_marquardt",
            "render_batched", "render_jacobian"]
@@ -326,19 +326,13 @@ def _lbfgs_polish(obj, x0, val0, max_iterations):
 
 def render_batched(objective, x, max_batch: int = 256) -> np.ndarray:
     """Noiseless model images ``[n, N, N]`` (float64) of ``objective.render`` at
-    ``x [n, D]``, in equal chunks of at most ``max_batch`` (the last one padded), so that
-    one compilation serves the whole run."""
-    x = np.asarray(x)
-    n = x.shape[0]
-    size = min(positive_int(max_batch, "max_batch"), n)
-    dt = objective.model.dtype
-    out = []
-    for i in range(0, n, size):
-        part = x[i:i + size]
-        if part.shape[0] < size:
-            part = np.concatenate([part, np.repeat(part[:1], size - part.shape[0], 0)], 0)
-        out.append(objective.render(tf.constant(part, dt)).numpy())
-    return np.concatenate(out, 0)[:n].astype(np.float64)
+    ``x [n, D]``, in equal chunks (:func:`~tfstronglens.inference.model.run_in_batches`)
+    so that one compilation serves the whole run: of the model's ``compile_batch_size``
+    when it has one, else of at most ``max_batch``."""
+    x = tf.constant(np.asarray(x), objective.model.dtype)
+    size = objective.model.compile_batch_size or min(positive_int(max_batch, "max_batch"),
+                                                      int(x.shape[0]))
+    return run_in_batches(objective.render, x, size).numpy().astype(np.float64)
 
 
 def render_jacobian(objective, x, fd_step: float | None = None, max_batch: int = 256):

@@ -42,6 +42,7 @@ tfd = tfp.distributions
 tfb = tfp.bijectors
 
 __all__ = ["LensModel", "Objective", "ParameterBlock", "build_model", "log_uniform",
+           "run_in_batches",
            "LENS_MODELS", "SOURCE_MODELS", "LENS_LIGHT_MODELS", "SUBHALO_PROFILES"]
 
 LENS_MODELS = tuple(LENS_SHORTHANDS)
@@ -67,6 +68,26 @@ class ParameterBlock:
     size: int
     event_shape: tuple
     offset: int
+
+
+def run_in_batches(fn, x2, size: int):
+    """``fn`` on the rows of ``x2 [B, D]`` in chunks of exactly ``size`` rows (the last
+    padded by repeating its first row), the outputs (a tensor or a tuple of tensors with
+    leading dimension ``size``) concatenated and trimmed to ``B`` rows: one compiled
+    batch shape serves any ``B``. The package's one padding mechanism
+    (``compile_batch_size``, :func:`~tfstronglens.inference.map.render_batched`)."""
+    B = x2.shape[0]
+    chunks = []
+    for lo in range(0, B, size):
+        part = x2[lo:lo + size]
+        n = part.shape[0]
+        if n < size:
+            part = tf.concat([part, tf.repeat(part[:1], size - n, axis=0)], axis=0)
+        out = fn(part)
+        chunks.append(tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n])
+    if isinstance(chunks[0], tuple):
+        return tuple(tf.concat(parts, 0) for parts in zip(*chunks))
+    return tf.concat(chunks, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1149,17 +1170,7 @@ class LensModel:
         B = x2.shape[0]
         if cb is None or B is None or B == cb:
             return fn(x2, d)
-        chunks = []
-        for lo in range(0, B, cb):
-            part = x2[lo:lo + cb]
-            n = part.shape[0]
-            if n < cb:
-                part = tf.concat([part, tf.repeat(part[:1], cb - n, axis=0)], axis=0)
-            out = fn(part, d)
-            chunks.append(tuple(o[:n] for o in out) if kind == "grad" else out[:n])
-        if kind == "grad":
-            return tf.concat([c[0] for c in chunks], 0), tf.concat([c[1] for c in chunks], 0)
-        return tf.concat(chunks, 0)
+        return run_in_batches(lambda part: fn(part, d), x2, cb)
 
     def _value_2d(self, x2, d, objective="posterior"):
         return self._padded("value", x2, d, objective)
