@@ -63,6 +63,28 @@ def test_shorthand_equals_its_components_and_json_round_trip(tmp_path):
     assert (lo, hi) == (0.0, pytest.approx(0.05))
 
 
+def test_one_shorthand_table_and_the_simulator_does_not_import_inference():
+    """``LENS_SHORTHANDS`` is built from the profiles' table (same names, profiles,
+    settings; multipoles tied to the lens centre), and the dataset generator reads that
+    table without importing the inference layer."""
+    import subprocess
+    import sys
+
+    from tfstronglens.profiles.shorthands import LENS_SHORTHAND_COMPONENTS
+    from tfstronglens.simulation.generator import LENS_PROFILES
+
+    assert set(LENS_SHORTHANDS) == set(LENS_SHORTHAND_COMPONENTS)
+    for name, comps in LENS_SHORTHANDS.items():
+        assert [(c.profile, dict(c.settings)) for c in comps] == \
+            [(p, dict(s)) for p, s in LENS_SHORTHAND_COMPONENTS[name]]
+        assert all(c.tied.get("center_x") == "lens.0.center_x" for c in comps
+                   if c.profile == "MULTIPOLE")
+    assert LENS_PROFILES == {"sie+shear": "SIE", "epl+shear": "EPL"}
+    code = ("import sys, tfstronglens.simulation.generator; "
+            "sys.exit(any(m.startswith('tfstronglens.inference') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_every_shorthand_builds_and_renders():
     for name in LENS_SHORTHANDS:
         model = LensModel(OBS, name, "sersic", amp_scale=10.0, jit_compile=False)

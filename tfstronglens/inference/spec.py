@@ -51,6 +51,7 @@ import tensorflow_probability as tfp
 from .._validation import check_fields, resolve_dtype
 from ._util import positive_float
 from ..profiles.base import PROFILE_REGISTRY, MassProfile, get_profile
+from ..profiles.shorthands import LENS_SHORTHAND_COMPONENTS
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -233,19 +234,17 @@ class ComponentSpec:
         return out
 
 
-def _multipole(m):
-    return ComponentSpec("MULTIPOLE", {"m": m}, tied={"center_x": "lens.0.center_x",
-                                                       "center_y": "lens.0.center_y"})
+def _shorthand_component(profile, settings):
+    # multipoles are centred on the main deflector
+    tied = ({"center_x": "lens.0.center_x", "center_y": "lens.0.center_y"}
+            if profile == "MULTIPOLE" else None)
+    return ComponentSpec(profile, dict(settings), tied=tied or {})
 
 
-_MULTIPOLE_SETS = {"": (), "+m4": (4,), "+m3m4": (3, 4), "+m1m3m4": (1, 3, 4)}
-# The one table of lens-model shorthands: name -> components. The "+m..." variants add
-# circular multipoles (MULTIPOLE) centred on the main deflector.
-LENS_SHORTHANDS = {
-    f"{main.lower()}+shear{suffix}": (ComponentSpec(main), ComponentSpec("SHEAR"))
-    + tuple(_multipole(m) for m in orders)
-    for main in ("SIE", "EPL") for suffix, orders in _MULTIPOLE_SETS.items()
-}
+# The lens-model shorthands: name -> components, from the one table of
+# tfstronglens.profiles.shorthands. The "+m..." variants add circular multipoles.
+LENS_SHORTHANDS = {name: tuple(_shorthand_component(p, s) for p, s in comps)
+                   for name, comps in LENS_SHORTHAND_COMPONENTS.items()}
 
 
 def expand_lens(lens, where: str = "lens") -> tuple:

@@ -61,7 +61,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from .._validation import check_fields
-from ..inference.spec import LENS_SHORTHANDS
+from ..profiles.shorthands import LENS_SHORTHAND_COMPONENTS
 from ..lensing._barrier import materialize
 from ..lensing.grid import PixelGrid
 from ..observation import LensCosmology, Observation, SubhaloPopulation, get_instrument
@@ -75,10 +75,10 @@ __all__ = ["LensSimulationConfig", "LensDatasetGenerator", "DEFAULT_PRIORS"]
 tfd = tfp.distributions
 
 #: ``lens_model`` -> the main deflector's profile (with an external shear): the shorthands of
-#: the one table :data:`~tfstronglens.inference.spec.LENS_SHORTHANDS` that the generator
-#: draws (main deflector + shear, no multipoles).
-LENS_PROFILES = {name: comps[0].profile for name, comps in LENS_SHORTHANDS.items()
-                 if [c.profile for c in comps[1:]] == ["SHEAR"]}
+#: the one table :data:`~tfstronglens.profiles.shorthands.LENS_SHORTHAND_COMPONENTS` that
+#: the generator draws (main deflector + shear, no multipoles).
+LENS_PROFILES = {name: comps[0][0] for name, comps in LENS_SHORTHAND_COMPONENTS.items()
+                 if [p for p, _ in comps[1:]] == ["SHEAR"]}
 LENS_MODELS = tuple(LENS_PROFILES)
 SUBHALO_MODELS = ("none", "cdm", "wdm")
 
