@@ -409,3 +409,26 @@ def test_bad_parameters_raise_value_error_naming_them():
         tsl.SIS().deflection(np.array([np.inf]), 0.0, theta_E=1.0)
     with pytest.raises(ValueError, match="e1"):
         sie.deflection(np.zeros(3), 0.0, theta_E=1.0, e1=np.zeros(2), e2=0.0)
+
+
+def test_sie_refuses_ellipticity_of_at_least_one():
+    """|e| >= 1 (q <= 0) gave NaN deflections; it is refused like EPL's q < q_min, naming
+    e1, e2 and |e|, in every method, in a batch and through the Simulator; graph tensors
+    (tf.function/XLA) are not checked, and |e| just below 1 stays finite."""
+    sie = tsl.SIE()
+    ok = dict(theta_E=1.0, e1=0.1, e2=0.0)
+    for method in (sie.deflection, sie.potential, sie.convergence):
+        with pytest.raises(ValueError, match=r"e1, e2 = \(0\.8, 0\.6\) give \|e\| = 1;.*< 1"):
+            method(1.0, 0.5, **dict(ok, e1=0.8, e2=0.6))
+    with pytest.raises(ValueError, match=r"SIE\.deflection: e1, e2 = \(-0\.9, 0\.5\)"):
+        sie.deflection(1.0, 0.5, **dict(ok, e1=np.array([0.1, -0.9]), e2=0.5))
+    with pytest.raises(ValueError, match=r"e1, e2 = \(1\.2, 0\.0\)"):
+        sie.deflection(1.0, 0.5, **dict(ok, e1=tf.constant(1.2, tf.float64), e2=0.0))
+    sim = tsl.Simulator(tsl.PixelGrid(8, 0.2), lens=[tsl.SIE()], source=[tsl.SersicEllipse()],
+                        jit_compile=False)
+    src = dict(amp=1.0, R_sersic=0.2, n_sersic=1.0, e1=0.0, e2=0.0)
+    with pytest.raises(ValueError, match=r"SIE\.__call__: e1, e2 = \(0\.0, 1\.5\)"):
+        sim(lens=[dict(theta_E=1.0, e1=0.0, e2=1.5)], source=[src])
+    assert np.isfinite(np_(*sie.deflection(1.0, 0.5, **dict(ok, e1=0.99)))).all()
+    graph = tf.function(lambda e1: sie.deflection(1.0, 0.5, theta_E=1.0, e1=e1, e2=0.0)[0])
+    assert np.isfinite(graph(tf.constant(0.3)).numpy())

@@ -296,6 +296,63 @@ def test_cli_simulate(tiny_sim_dict, tmp_path, capsys):
     assert Table.read(out / "truths.ecsv").meta["config"]["seed"] == 9
 
 
+def test_cli_simulate_overwrite_replaces_an_interrupted_dataset(tiny_sim_dict, tmp_path, capsys):
+    """--overwrite into the folder of a killed run leaves exactly the new dataset (the stale
+    images, the atomic writer's temporary file and an old staging folder are deleted, other
+    files kept), with one truth-table row per image; without it the folder is refused."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(dict(tiny_sim_dict, seed=7)))
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = ["image_00000.fits", "image_00001.fits", "image_00007.fits",
+             ".tmp-0123abcd-image_00008.fits", ".tmp-0123abcd-truths.ecsv"]
+    for name in stale:
+        (out / name).write_bytes(b"stale")
+    (out / ".tmp-dataset-x1y2z3").mkdir()
+    (out / ".tmp-dataset-x1y2z3" / "image_00009.fits").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    argv = ["simulate", "--config", str(cfg), "--n", "2", "--out", str(out), "--seed", "9",
+            "--batch-size", str(BS), "--no-progress"]
+    before = sorted(os.listdir(out))
+    assert main(argv) == 2 and "not empty" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == before
+    assert main(argv + ["--overwrite"]) == 0, capsys.readouterr().err
+    images = ["image_00000.fits", "image_00001.fits"]
+    assert sorted(os.listdir(out)) == images + ["notes.txt", "truths.ecsv"]
+    assert (out / "notes.txt").read_text() == "mine"
+    from astropy.table import Table
+
+    table = Table.read(out / "truths.ecsv")
+    assert list(table["filename"]) == images and table.meta["config"]["seed"] == 9
+    for row in table:
+        _, hdr = read_fits(out / row["filename"])
+        assert hdr["SIMSEED"] == 9
+        assert hdr["LENS0_THETA_E"] == pytest.approx(row["lens.0.theta_E"])
+
+
+def test_write_dataset_overwrite_failure_keeps_the_old_dataset(gen, tmp_path, monkeypatch):
+    """A run with overwrite=True that fails midway (in its second batch) leaves the
+    previous dataset as it was and no staging folder."""
+    import tfstronglens.simulation.writer as w
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    for name in ("image_00000.fits", "truths.ecsv"):
+        (out / name).write_text("old dataset")
+    generate = w.LensDatasetGenerator.generate
+
+    def fail_in_second_batch(self, k, batch_size):
+        if k > 0:
+            raise RuntimeError("disk full")
+        return generate(self, k, batch_size)
+
+    monkeypatch.setattr(w.LensDatasetGenerator, "generate", fail_in_second_batch)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_dataset(gen, BS + 1, out, overwrite=True, progress=False, batch_size=BS)
+    assert sorted(os.listdir(out)) == ["image_00000.fits", "truths.ecsv"]
+    assert (out / "truths.ecsv").read_text() == "old dataset"
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--instrument", "nope"], "unknown instrument"),
     (["--config", "missing.json"], "not a file"),

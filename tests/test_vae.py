@@ -7,6 +7,7 @@ fast on a shared CPU; graph mode (no XLA) everywhere except where XLA is the poi
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -373,7 +374,7 @@ def test_train_vae_cli_report_and_resume(tmp_path, rng, capsys):
     # finished: the CLI (resumable directory) and the library do nothing more
     args[args.index("--epochs") + 1] = "2"
     assert cli.main(args) == 0
-    assert train_vae(data, out, epochs=2, **kw) == report2
+    assert train_vae(data, out, epochs=2, **kw) == dict(report2, already_complete=True)
     with pytest.raises(FileExistsError, match="not empty"):
         train_vae(data, str(foreign), epochs=1, **kw)
     assert cli.main(["train-vae", "--dataset", "mnist", "--out", str(tmp_path / "x")]) == 2
@@ -394,6 +395,116 @@ def test_train_vae_argument_errors(tmp_path, rng):
         train_vae(feature_dataset(x, sigma), str(tmp_path / "d"), epochs=0)
     with pytest.raises(ValueError, match="validation fraction"):
         train_vae(feature_dataset(x, sigma), str(tmp_path / "e"), validation=1.5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_run(tmp_path_factory):
+    """A finished one-epoch `train-vae` run on 20 blobs (18 for training: two batches of 8)
+    with 3 base and 5 max filters; returns its CLI arguments and output directory."""
+    x, _, sigma = blobs(20, np.random.default_rng(3))
+    root = tmp_path_factory.mktemp("tiny_vae_run")
+    data = str(root / "data")
+    feature_dataset(x, sigma).save(data)
+    out = str(root / "run")
+    args = ["train-vae", "--dataset", data, "--out", out, "--epochs", "1", "--batch-size", "8",
+            "--latent-dim", "2", "--base-filters", "3", "--max-filters", "5",
+            "--kl-warmup-steps", "4", "--no-progress", "--seed", "1"]
+    assert cli.main(args) == 0
+    return args, out
+
+
+def _tree_state(out):
+    """``{relative path: (size, mtime_ns)}`` of every file under ``out``."""
+    found = {}
+    for root, _, files in os.walk(out):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            found[os.path.relpath(os.path.join(root, name), out)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def test_train_vae_cli_filter_options_reach_the_model(tiny_vae_run, capsys):
+    """--base-filters/--max-filters set the convolution widths and are recorded in the
+    checkpoint's settings; bad values are refused naming the option."""
+    args, out = tiny_vae_run
+    vae = keras.models.load_model(os.path.join(out, "vae.keras"))
+    # 16x16 stamps: two stride-2 blocks of 3 and min(6, 5) = 5 filters, projected from 4x4x5
+    assert [vae.encoder.get_layer(f"conv_{i}").filters for i in (0, 1)] == [3, 5]
+    assert [vae.decoder.get_layer(f"deconv_{i}").filters for i in (0, 1)] == [3, 3]
+    assert vae.decoder.get_layer("project").units == 4 * 4 * 5
+    with open(os.path.join(out, "checkpoint", "state.json")) as fh:
+        arch = json.load(fh)["arch"]
+    assert (arch["base_filters"], arch["max_filters"]) == (3, 5)
+    capsys.readouterr()
+    for extra, msg in [(["--max-filters", "2"], "--max-filters (2) must be >= --base-filters (3)"),
+                       (["--base-filters", "0"], "--base-filters"),
+                       (["--max-filters", "x"], "--max-filters")]:
+        assert cli.main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_vae_cli_resume_refuses_changed_settings(tiny_vae_run, tmp_path, capsys):
+    """Resuming (--epochs 2) with another --learning-rate, --beta, --batch-size or
+    --base-filters is refused, naming the option and both values, and changes nothing."""
+    args, out = tiny_vae_run
+    run = str(tmp_path / "run")
+    shutil.copytree(out, run)
+    args = list(args)
+    args[args.index("--out") + 1] = run
+    args[args.index("--epochs") + 1] = "2"
+    before = _tree_state(run)
+    capsys.readouterr()
+    for option, old, new in [("--learning-rate", "0.001", "0.01"), ("--beta", "1.0", "2.0"),
+                             ("--batch-size", "8", "4"), ("--base-filters", "3", "4")]:
+        assert cli.main(args + [option, new]) == 2, option
+        err = capsys.readouterr().err
+        assert f"({option}): checkpoint {old}, now {new}" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert _tree_state(run) == before
+
+
+def test_train_vae_cli_complete_run_says_so(tiny_vae_run, capsys):
+    """Rerunning a finished run trains and writes nothing and says so, not "wrote"."""
+    args, out = tiny_vae_run
+    before = _tree_state(out)
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "already holds a complete run" in stdout and "nothing was trained or written" in stdout
+    assert "wrote" not in stdout
+    assert _tree_state(out) == before
+
+
+def test_pretrained_readme_cli_line_is_its_train_vae_call():
+    """The pretrained VAE's README gives a train_vae call and a train-vae command line said
+    to be exactly equivalent: every train_vae argument that is a CLI option gets the same
+    value from both (the call's value, else the function's default)."""
+    import ast
+    import inspect
+    import re
+    import shlex
+
+    path = os.path.join(os.path.dirname(tsl.__file__), "models", "pretrained", "README.md")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    section = text.split("## `synthetic_galaxies_64.keras`")[1].split("\n## ")[0]
+    (python,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (command,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    call = [n for n in ast.walk(ast.parse(python)) if isinstance(n, ast.Call)][0]
+    given = {k.arg: k.value.id if isinstance(k.value, ast.Name) else ast.literal_eval(k.value)
+             for k in call.keywords}
+    given["dataset"], given["out_dir"] = (ast.literal_eval(a) for a in call.args)
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[0] == "tfstronglens"
+    parsed = vars(cli.build_parser().parse_args(argv[1:]))
+    parsed["out_dir"] = parsed.pop("out")
+    compared = 0
+    for name, param in inspect.signature(train_vae).parameters.items():
+        if name in parsed:
+            assert parsed[name] == given.get(name, param.default), name
+            compared += 1
+    assert compared >= 15 and {"base_filters", "max_filters"} <= set(given)
 
 
 @pytest.mark.slow

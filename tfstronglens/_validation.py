@@ -21,6 +21,7 @@ __all__ = [
     "check_at_most",
     "check_fields",
     "check_finite",
+    "largest_ellipticity",
     "broadcast_shapes",
 ]
 
@@ -98,6 +99,28 @@ def check_at_most(value, limit: float, name: str):
     if not np.all(arr <= limit):
         shown = arr.ravel()[np.argmax(arr.ravel())].item()
         raise ValueError(f"{name} must be at most {limit}, got {shown!r}")
+
+
+def largest_ellipticity(e1, e2):
+    """``(e1, e2, |e|)`` (floats) of the most elliptical entry of concrete ``e1, e2``.
+
+    ``None`` when either is symbolic (inside ``tf.function``), when they are empty or when
+    their shapes do not broadcast (the caller's shape check names them). Profiles use it
+    to refuse an ellipticity out of their range with the offending values.
+    """
+    if not (is_concrete(e1) and is_concrete(e2)):
+        return None
+    a1 = np.asarray(e1.numpy() if hasattr(e1, "numpy") else e1, dtype=float)
+    a2 = np.asarray(e2.numpy() if hasattr(e2, "numpy") else e2, dtype=float)
+    try:
+        a1, a2 = np.broadcast_arrays(a1, a2)
+    except ValueError:
+        return None
+    if not a1.size:
+        return None
+    e = np.hypot(a1, a2)
+    i = np.unravel_index(np.argmax(e), e.shape)
+    return float(a1[i]), float(a2[i]), float(e[i])
 
 
 def as_tensor(value, dtype, name: str, check: bool = True) -> tf.Tensor:

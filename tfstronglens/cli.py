@@ -20,8 +20,10 @@ Commands
     ``--data-dir``, ``--manual-dir``; or a directory written by ``tf.data.Dataset.save``)
     and write ``vae.keras``, ``saved_model/``, ``report.json`` and PNG figures into
     ``--out``. A checkpoint is written every epoch; running the same command again on that
-    directory resumes it (a non-empty ``--out`` is refused unless it is such a checkpoint
-    directory or ``--overwrite`` is given, which starts afresh).
+    directory resumes it with the checkpoint's settings (a changed setting is refused; a
+    finished run is reported as complete and left alone; a non-empty ``--out`` is refused
+    unless it is such a checkpoint directory or ``--overwrite`` is given, which starts
+    afresh).
 
 ``fit``
     Fit an observed lens image (FITS) by MAP -> VI -> HMC
@@ -179,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--out", required=True, metavar="DIR",
                     help="output directory, created if needed")
     ds.add_argument("--overwrite", action="store_true",
-                    help="write into DIR even if it is not empty")
+                    help="replace the dataset in DIR (its image_*.fits, truths.ecsv and the "
+                         "leftovers of an interrupted run; other files are kept)")
     ds.add_argument("--seed", type=_seed, default=None, metavar="S",
                     help="generator seed (overrides the config's)")
     ds.add_argument("--batch-size", type=_positive_int(4096), default=64, metavar="B",
@@ -196,9 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "galaxies reconstructed within the noise) and figures "
                     "(DIR/reconstructions.png, DIR/prior_samples.png). Checkpoints are "
                     "written to DIR/checkpoint/ after every epoch: if DIR holds one, the "
-                    "command resumes from it (up to --epochs in total). A non-empty DIR "
-                    "without checkpoint is refused unless --overwrite is given; --overwrite "
-                    "also discards an existing checkpoint and starts afresh.",
+                    "command resumes from it (up to --epochs in total) with the "
+                    "checkpoint's settings: a --batch-size, --learning-rate, --beta, "
+                    "--kl-warmup-steps, --seed, --latent-dim, --base-filters or "
+                    "--max-filters that differs from the checkpoint's is refused (the error "
+                    "names it with the old and new values), never silently ignored; a run "
+                    "that already has --epochs epochs says so and writes nothing. A "
+                    "non-empty DIR without checkpoint is refused unless --overwrite is "
+                    "given; --overwrite also discards an existing checkpoint and starts "
+                    "afresh.",
     )
     tv.add_argument("--dataset", required=True, metavar="NAME",
                     help="synthetic_galaxies or cosmos_galaxies (TFDS; 'name/config' works "
@@ -218,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="images per step (default: %(default)s)")
     tv.add_argument("--latent-dim", type=_positive_int(4096), default=64, metavar="K",
                     help="latent dimension (default: %(default)s)")
+    tv.add_argument("--base-filters", type=_positive_int(4096), default=32, metavar="F",
+                    help="filters of the encoder's first convolution, doubling per block "
+                         "up to --max-filters; the decoder mirrors them "
+                         "(default: %(default)s)")
+    tv.add_argument("--max-filters", type=_positive_int(4096), default=128, metavar="F",
+                    help="largest number of filters of a convolution, >= --base-filters "
+                         "(default: %(default)s)")
     tv.add_argument("--learning-rate", type=_positive_float, default=1e-3, metavar="LR",
                     help="Adam learning rate (default: %(default)s)")
     tv.add_argument("--kl-warmup-steps", type=_seed, default=1000, metavar="N",
@@ -379,6 +395,9 @@ def _train_vae(args) -> int:
             and not is_checkpoint_dir(out)):
         raise _UserError(f"output directory {out!r} is not empty and is not a train-vae "
                          "checkpoint directory; pass --overwrite to write into it anyway")
+    if args.max_filters < args.base_filters:
+        raise _UserError(f"--max-filters ({args.max_filters}) must be >= --base-filters "
+                         f"({args.base_filters})")
     dataset = args.dataset
     if os.path.isdir(dataset):
         if args.config is not None:
@@ -386,17 +405,23 @@ def _train_vae(args) -> int:
                              f"tf.data directory {dataset!r}")
     report = train_vae(
         dataset, out, epochs=args.epochs, batch_size=args.batch_size,
-        latent_dim=args.latent_dim, learning_rate=args.learning_rate,
+        latent_dim=args.latent_dim, base_filters=args.base_filters,
+        max_filters=args.max_filters, learning_rate=args.learning_rate,
         kl_warmup_steps=args.kl_warmup_steps, beta=args.beta, resume=True,
         progress=not args.no_progress, max_examples=args.max_examples,
         data_dir=args.data_dir, manual_dir=args.manual_dir, config=args.config,
         jit_compile=args.jit_compile, overwrite=args.overwrite, seed=args.seed,
     )
     chi2 = report["chi2_per_pixel"]
-    print(f"trained {report['epochs']} epochs on {report['num_train']} galaxies "
-          f"({report['dataset']}); held-out ({report['num_heldout']}) chi2/pixel median "
-          f"{chi2['median']:.3f} (16-84%: {chi2['p16']:.3f}-{chi2['p84']:.3f}), "
-          f"{100 * report['fraction_within_noise']:.1f}% within the noise")
+    summary = (f"{report['epochs']} epochs on {report['num_train']} galaxies "
+               f"({report['dataset']}); held-out ({report['num_heldout']}) chi2/pixel median "
+               f"{chi2['median']:.3f} (16-84%: {chi2['p16']:.3f}-{chi2['p84']:.3f}), "
+               f"{100 * report['fraction_within_noise']:.1f}% within the noise")
+    if report["already_complete"]:
+        print(f"{out} already holds a complete run ({summary}); --epochs {args.epochs} "
+              "leaves nothing to do: nothing was trained or written")
+        return 0
+    print(f"trained {summary}")
     print(f"wrote {os.path.join(out, 'vae.keras')}, {os.path.join(out, 'saved_model')}, "
           f"{os.path.join(out, 'report.json')}")
     return 0

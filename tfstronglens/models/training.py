@@ -27,8 +27,9 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 _COMMAND = "tfstronglens.models.train_vae"
 _GALAXY_DATASETS = ("synthetic_galaxies", "cosmos_galaxies")
-# Hyperparameters a resumed run must share with its checkpoint.
-_ARCH_KEYS = ("image_size", "latent_dim", "base_filters", "max_filters", "normalization")
+# The settings of train_vae that are options of `tfstronglens train-vae` (same name).
+_CLI_OPTIONS = ("latent_dim", "base_filters", "max_filters", "batch_size", "learning_rate",
+                "kl_warmup_steps", "beta", "seed")
 _CACHE_BYTES = 2 * 1024**3  # cache the decoded training set in memory below this size
 
 
@@ -362,6 +363,24 @@ def _check_positive_int(value, name, allow_none=False):
     return int(value)
 
 
+def _check_resume_settings(state, settings, out_dir):
+    """Refuse to resume the checkpoint ``state`` with other ``settings`` (``{"arch": {...},
+    "training": {...}}``): ``ValueError`` naming each changed setting (and its
+    ``tfstronglens train-vae`` option), the checkpoint's value and the new one."""
+    changed = []
+    for group, values in settings.items():
+        old = state.get(group, {})
+        for name, value in values.items():
+            if old.get(name) != value:
+                option = f" (--{name.replace('_', '-')})" if name in _CLI_OPTIONS else ""
+                changed.append(f"{name}{option}: checkpoint {old.get(name)!r}, now {value!r}")
+    if changed:
+        raise ValueError(f"the checkpoint in {out_dir!r} was trained with other settings: "
+                         f"{'; '.join(changed)}. A resumed run keeps its settings: repeat them, "
+                         "use another out_dir, or pass overwrite=True (--overwrite) to start "
+                         "afresh")
+
+
 def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, latent_dim: int = 64,
               learning_rate: float = 1e-3, kl_warmup_steps: int = 1000, beta: float = 1.0,
               resume: bool = True, progress: bool = True, validation=None,
@@ -382,9 +401,12 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
     **Resuming.** If ``out_dir`` holds such a checkpoint and ``resume`` is true, training
     continues from it (same weights, optimizer state and step count, so the KL warm-up
     also continues) up to ``epochs`` epochs in total (a finished run with at least
-    ``epochs`` epochs and its report returns that report without doing anything); the
-    architecture arguments must match the checkpoint's. A run that was interrupted is
-    resumed by repeating the call.
+    ``epochs`` epochs and its report returns that report without doing anything). The
+    run keeps the checkpoint's settings: the architecture (``latent_dim``,
+    ``base_filters``, ``max_filters``, ``normalization``, the data's image size) and the
+    training settings (``batch_size``, ``learning_rate``, ``kl_warmup_steps``, ``beta``,
+    ``seed``) must equal the checkpoint's, else ``ValueError`` names each changed one with
+    its old and new value. A run that was interrupted is resumed by repeating the call.
     A non-empty ``out_dir`` without checkpoint is refused (``FileExistsError``) unless
     ``overwrite=True``; ``overwrite=True`` also discards an existing checkpoint and starts
     afresh (files other than this function's outputs are left alone).
@@ -433,10 +455,15 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
       num_plot, num_samples: galaxies in the reconstruction and prior-sample figures.
 
     Returns:
-      The report (the content of ``report.json``) as a dict.
+      The report (the content of ``report.json``) as a dict, plus ``"already_complete"``
+      (not in the file): ``True`` when the run had already reached ``epochs`` and nothing
+      was trained or written (the report is the stored one), else ``False``.
     """
     epochs = _check_positive_int(epochs, "epochs")
     batch_size = _check_positive_int(batch_size, "batch_size")
+    latent_dim = _check_positive_int(latent_dim, "latent_dim")
+    base_filters = _check_positive_int(base_filters, "base_filters")
+    max_filters = _check_positive_int(max_filters, "max_filters")
     max_examples = _check_positive_int(max_examples, "max_examples", allow_none=True)
     num_plot = _check_positive_int(num_plot, "num_plot")
     num_samples = _check_positive_int(num_samples, "num_samples")
@@ -469,22 +496,18 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
         dataset, validation, max_examples, data_dir, manual_dir, config)
     arch = dict(image_size=size, latent_dim=latent_dim, base_filters=base_filters,
                 max_filters=max_filters, normalization=normalization)
-    if state is not None:
-        mismatch = {k: (state["arch"].get(k), v) for k, v in arch.items()
-                    if state["arch"].get(k) != v}
-        if mismatch:
-            diff = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}"
-                             for k, (a, b) in mismatch.items())
-            raise ValueError(f"the checkpoint in {out_dir!r} was trained with other settings "
-                             f"({diff}); use another out_dir or overwrite=True")
     batch_size = min(batch_size, n_train)
-    if state is not None and int(state["epoch"]) >= epochs:
-        done = _read_report(out_dir)
-        if done is not None and done.get("epochs") == int(state["epoch"]):
-            if progress:
-                print(f"train_vae: {out_dir!r} is complete ({state['epoch']} epochs >= {epochs}); "
-                      "nothing to do")
-            return done
+    training = dict(batch_size=batch_size, learning_rate=learning_rate,
+                    kl_warmup_steps=kl_warmup_steps, beta=beta, seed=seed)
+    if state is not None:
+        _check_resume_settings(state, {"arch": arch, "training": training}, out_dir)
+        if int(state["epoch"]) >= epochs:
+            done = _read_report(out_dir)
+            if done is not None and done.get("epochs") == int(state["epoch"]):
+                if progress:
+                    print(f"train_vae: {out_dir!r} is complete ({state['epoch']} epochs >= "
+                          f"{epochs}); nothing to do")
+                return dict(done, already_complete=True)
     os.makedirs(ckpt_dir, exist_ok=True)
 
     strategy = strategy or tf.distribute.get_strategy()
@@ -502,10 +525,7 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
             vae.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
             initial_epoch = 0
             state = {"command": _COMMAND, "epoch": 0, "checkpoint": None, "arch": arch,
-                     "training": {"batch_size": batch_size, "learning_rate": learning_rate,
-                                  "kl_warmup_steps": kl_warmup_steps, "beta": beta,
-                                  "seed": seed},
-                     "dataset": description, "history": []}
+                     "training": training, "dataset": description, "history": []}
 
     nbytes = n_train * size * size * 4
     train_batches = train.cache() if nbytes < _CACHE_BYTES else train
@@ -569,7 +589,7 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
         print(f"train_vae: {report['epochs']} epochs; held-out chi2/pixel median {p50:.3f} "
               f"(16-84%: {p16:.3f}-{p84:.3f}); within the noise: "
               f"{100 * report['fraction_within_noise']:.1f}%; wrote {out_dir}")
-    return report
+    return dict(report, already_complete=False)
 
 
 # ------------------------------------------------------------ streams of simulations

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from .._validation import is_concrete
+from .._validation import is_concrete, largest_ellipticity
 from ._geometry import broadcast_shape, cdiv, cmul, safe_norm, sum_pixels, sum_to, tiny
 from .base import MassProfile
 
@@ -341,22 +341,16 @@ class EPL(MassProfile):
                     f"{where}: gamma must be in ({_GAMMA_RANGE[0]:g}, {_GAMMA_RANGE[1]:g}) "
                     f"(3D power-law slope, 2 = isothermal), got {bad.ravel()[0]!r}"
                 )
-        e1, e2 = params.get("e1"), params.get("e2")
-        if is_concrete(e1) and is_concrete(e2):
-            a1 = np.asarray(e1.numpy() if hasattr(e1, "numpy") else e1, dtype=float)
-            a2 = np.asarray(e2.numpy() if hasattr(e2, "numpy") else e2, dtype=float)
-            e = np.sqrt(a1**2 + a2**2)
-            e_max = (1.0 - self.q_min) / (1.0 + self.q_min)
-            if e.size and np.max(e) > e_max * (1.0 + 1e-6) + 1e-12:
-                i = np.unravel_index(np.argmax(e), e.shape)
-                e_bad = float(e[i])
-                q = (1.0 - e_bad) / (1.0 + e_bad)
-                raise ValueError(
-                    f"{where}: e1, e2 = ({float(np.broadcast_to(a1, e.shape)[i])!r}, "
-                    f"{float(np.broadcast_to(a2, e.shape)[i])!r}) give |e| = {e_bad:.6g}, "
-                    f"i.e. axis ratio q = {q:.6g}, below q_min = {self.q_min:g} of this EPL; "
-                    f"create it with a smaller q_min (and |e| < 1)"
-                )
+        worst = largest_ellipticity(params.get("e1"), params.get("e2"))
+        e_max = (1.0 - self.q_min) / (1.0 + self.q_min)
+        if worst is not None and worst[2] > e_max * (1.0 + 1e-6) + 1e-12:
+            e1_bad, e2_bad, e_bad = worst
+            q = (1.0 - e_bad) / (1.0 + e_bad)
+            raise ValueError(
+                f"{where}: e1, e2 = ({e1_bad!r}, {e2_bad!r}) give |e| = {e_bad:.6g}, "
+                f"i.e. axis ratio q = {q:.6g}, below q_min = {self.q_min:g} of this EPL; "
+                f"create it with a smaller q_min (and |e| < 1)"
+            )
         return out
 
     # ------------------------------------------------------------------ maths

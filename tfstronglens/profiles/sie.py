@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .._validation import largest_ellipticity
 from ._geometry import EllipticalFrame, cdiv, clog_right, cmul, csqrt
 from .base import MassProfile
 
@@ -65,7 +66,8 @@ class SIE(MassProfile):
     Kormann et al. (1994) arctan/arctanh deflection written without the position angle.
     The potential is ``psi = x alpha_x + y alpha_y``.
 
-    Parameters: ``theta_E`` (arcsec, > 0), ``e1, e2`` (``|e| < 1``), ``center_x, center_y``.
+    Parameters: ``theta_E`` (arcsec, > 0), ``e1, e2`` (``|e| < 1``; concrete values with
+    ``|e| >= 1``, i.e. ``q <= 0``, raise ``ValueError``), ``center_x, center_y``.
     Exact, with finite gradients, at ``q = 1`` and at the centre (where alpha = 0).
     """
 
@@ -73,6 +75,20 @@ class SIE(MassProfile):
     param_names = ("theta_E", "e1", "e2", "center_x", "center_y")
     defaults = {"center_x": 0.0, "center_y": 0.0}
     positive_params = ("theta_E",)
+
+    def _prepare_params(self, params: dict, method: str = "call", check: bool = True) -> dict:
+        out = super()._prepare_params(params, method, check)
+        if not check:
+            return out
+        worst = largest_ellipticity(params.get("e1"), params.get("e2"))
+        if worst is not None and worst[2] >= 1.0:
+            e1_bad, e2_bad, e_bad = worst
+            raise ValueError(
+                f"{type(self).__name__}.{method}: e1, e2 = ({e1_bad!r}, {e2_bad!r}) give "
+                f"|e| = {e_bad:.6g}; the ellipticity must have |e| < 1 (axis ratio "
+                "q = (1 - |e|) / (1 + |e|) > 0)"
+            )
+        return out
 
     def _deflection(self, x, y, theta_E, e1, e2, center_x, center_y):
         fr = EllipticalFrame(x, y, e1, e2, center_x, center_y)

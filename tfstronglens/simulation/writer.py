@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 
 import numpy as np
 
 from ..io import write_fits
-from ..io._atomic import atomic_output
 from .generator import LensDatasetGenerator
 
 __all__ = ["write_dataset", "image_filename"]
 
+_TRUTHS = "truths.ecsv"
+_STAGING_PREFIX = ".tmp-dataset-"
+# The files of a dataset in a directory: images, truth table and the temporary files
+# (``.tmp-<8 hex>-<name>``, :func:`~tfstronglens.io._atomic.atomic_output`) of either.
+_DATASET_FILE = re.compile(r"(\.tmp-[0-9a-f]{8}-)?(image_\d{5,}\.fits|truths\.ecsv)")
+
 
 def image_filename(i: int) -> str:
+    """The file name of image ``i`` of a dataset: ``image_00000.fits``..."""
     return f"image_{i:05d}.fits"
+
+
+def _remove_dataset(out_dir: str, keep: str):
+    """Delete the dataset files of ``out_dir`` (:data:`_DATASET_FILE`) and the staging
+    folders of interrupted runs, all but ``keep`` (this run's); other files are left
+    alone."""
+    for name in os.listdir(out_dir):
+        path = os.path.join(out_dir, name)
+        if name.startswith(_STAGING_PREFIX) and name != keep and os.path.isdir(path):
+            shutil.rmtree(path)
+        elif _DATASET_FILE.fullmatch(name) and not os.path.isdir(path):
+            os.remove(path)
 
 
 def _truth_header(gen: LensDatasetGenerator, truths: dict, subhalos: dict, j: int) -> dict:
@@ -54,9 +75,13 @@ def write_dataset(generator: LensDatasetGenerator, n: int, out_dir, overwrite: b
     ``(generator seed, batch_size)`` thus gives the same files, and the first ``m`` images
     do not depend on ``n`` (the last batch is rendered whole and cut).
 
-    Every file is written atomically (temporary file + ``os.replace``). A non-empty
-    ``out_dir`` is refused (``FileExistsError``) unless ``overwrite``. Returns the list of
-    written paths.
+    The dataset is written into a staging folder inside ``out_dir`` (``.tmp-dataset-*``)
+    and moved into place when complete (the truth table last), so an interrupted or
+    failed run leaves no images beside ``out_dir``'s previous content. A non-empty
+    ``out_dir`` is refused (``FileExistsError``) unless ``overwrite``, which replaces the
+    dataset there: the images, truth table and temporary files of a previous (possibly
+    interrupted) run are deleted before the new files are moved in; other files are left
+    alone. Returns the list of written paths.
     """
     from astropy.table import Table
 
@@ -103,7 +128,8 @@ def write_dataset(generator: LensDatasetGenerator, n: int, out_dir, overwrite: b
 
         bar = tqdm(total=n, desc="simulating", unit="image")
     rows = {}
-    paths = []
+    names = []
+    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out_dir)
     try:
         for k in range(num_batches):
             out = generator.generate(k, batch_size)
@@ -112,9 +138,9 @@ def write_dataset(generator: LensDatasetGenerator, n: int, out_dir, overwrite: b
                 i = k * batch_size + j
                 header = dict(base, BATCH=(k, "generator batch"), BATCHROW=(j, "row in batch"),
                               **_truth_header(generator, out["truths"], out["subhalos"], j))
-                path = os.path.join(out_dir, image_filename(i))
-                write_fits(path, out["image"][j].astype(np.float32), header=header,
-                           overwrite=overwrite, pixel_scale=obs.pixel_scale, bunit=unit,
+                write_fits(os.path.join(staging, image_filename(i)),
+                           out["image"][j].astype(np.float32), header=header,
+                           pixel_scale=obs.pixel_scale, bunit=unit,
                            NOISE=(out["noise_sigma"][j].astype(np.float32),
                                   {"BUNIT": unit, "COMMENT": "noise standard deviation"}),
                            PSF=None if kernel is None else (
@@ -125,7 +151,7 @@ def write_dataset(generator: LensDatasetGenerator, n: int, out_dir, overwrite: b
                                 "BUNIT": "electron/s/arcsec2",
                                 "COMMENT": "true source (PIXELATED, center and phi_G in the "
                                            "primary header)"}))
-                paths.append(path)
+                names.append(image_filename(i))
                 rows.setdefault("index", []).append(i)
                 rows.setdefault("filename", []).append(image_filename(i))
                 for name, v in out["truths"].items():
@@ -134,14 +160,17 @@ def write_dataset(generator: LensDatasetGenerator, n: int, out_dir, overwrite: b
                     rows.setdefault(f"subhalos.{name}", []).append(np.asarray(v[j]))
             if bar is not None:
                 bar.update(count)
+        table = Table({name: np.asarray(v) for name, v in rows.items()})
+        table.meta["config"] = cfg.to_dict()
+        table.meta["units"] = "angles arcsec, amp electron/s/arcsec^2, masses M_sun"
+        table.write(os.path.join(staging, _TRUTHS), format="ascii.ecsv")
+        names.append(_TRUTHS)
+        if overwrite:
+            _remove_dataset(out_dir, keep=os.path.basename(staging))
+        for name in names:
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     finally:
         if bar is not None:
             bar.close()
-    table = Table({name: np.asarray(v) for name, v in rows.items()})
-    table.meta["config"] = cfg.to_dict()
-    table.meta["units"] = "angles arcsec, amp electron/s/arcsec^2, masses M_sun"
-    table_path = os.path.join(out_dir, "truths.ecsv")
-    with atomic_output(table_path, overwrite=overwrite) as tmp:
-        table.write(tmp, format="ascii.ecsv", overwrite=True)
-    paths.append(table_path)
-    return paths
+        shutil.rmtree(staging, ignore_errors=True)
+    return [os.path.join(out_dir, name) for name in names]
