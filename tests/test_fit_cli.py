@@ -1,6 +1,8 @@
 """The fit pipeline's edges: reading observed images, ``fit_lens``, output files, the
 ``fit`` and ``demo`` commands."""
 
+import contextlib
+import io
 import json
 import os
 
@@ -258,12 +260,239 @@ def test_fit_cli_model_spec_errors(tmp_path, capsys):
 
 
 def test_fit_cli_bad_input(tmp_path, capsys):
-    assert main(["fit", str(tmp_path / "nope.fits"), "--lens", "sie+shear", "--source",
-                 "sersic", "--out", str(tmp_path / "o"), "--noise-rms", "0.1"]) == 1
-    assert "does not exist" in capsys.readouterr().err
     assert main(["fit", "x.fits", "--lens", "nfw", "--source", "sersic", "--out", "o"]) == 2
     assert main(["fit", "x.fits", "--lens", "sie+shear", "--source", "sersic", "--out", "o",
                  "--noise-rms", "-1"]) == 2
+
+
+# ---------------------------------------------------------- fit: input checks, reruns
+# A 16 x 16 MAP run of 2 starts x 5 Adam steps without XLA: a few seconds.
+TINY_MAP = ["--lens", "sie+shear", "--source", "sersic", "--method", "map", "--num-starts",
+            "2", "--map-steps", "5", "--map-polish-steps", "0", "--no-xla", "--no-progress"]
+
+
+def _run(argv):
+    """``main(argv)`` in this process: ``(exit code, stdout, stderr)``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 16 x 16 image of an Einstein ring (noise rms 0.05 in the header, a Gaussian PSF
+    extension) and that PSF as a file of its own: ``(image path, psf path)``."""
+    d = tmp_path_factory.mktemp("tiny")
+    x = (np.arange(16) - 7.5) * PIX
+    r = np.hypot(*np.meshgrid(x, x))
+    ring = 2.0 * np.exp(-0.5 * ((r - 0.5) / 0.1) ** 2)
+    ring += np.random.default_rng(0).normal(0.0, 0.05, ring.shape)
+    kernel = np.asarray(tsl.GaussianPSF(0.15).kernel(PIX), np.float32)
+    write_fits(d / "ring.fits", ring.astype(np.float32), pixel_scale=PIX,
+               header={"BKGRMS": 0.05}, PSF=kernel)
+    write_fits(d / "psf.fits", kernel)
+    return str(d / "ring.fits"), str(d / "psf.fits")
+
+
+@pytest.fixture(scope="module")
+def rerun(tiny, tmp_path_factory):
+    """``fit --overwrite`` into the folder of an earlier run, which left its summary and an
+    HMC checkpoint of other settings there, beside a file of the user's:
+    ``(folder, exit code, stdout, stderr)``."""
+    out = tmp_path_factory.mktemp("rerun") / "fit"
+    out.mkdir()
+    config = {"version": 0, "mass_matrix_digest": "of the earlier run"}
+    np.savez(out / "hmc_checkpoint.npz", config=np.array(json.dumps(config)),
+             step=np.array(100))
+    (out / "summary.json").write_text('{"earlier": true}')
+    (out / "notes.txt").write_text("mine")
+    return (out, *_run(["fit", tiny[0], *TINY_MAP, "--out", str(out), "--overwrite"]))
+
+
+def test_fit_cli_overwrite_starts_a_fresh_run(rerun):
+    # --overwrite deletes the earlier run's outputs when the run starts: its HMC checkpoint,
+    # which a sampling run would otherwise try to resume (and refuse: other settings), and
+    # its summary; other files stay. --help says so.
+    out, code, _, err = rerun
+    assert code == 0, err
+    assert not (out / "hmc_checkpoint.npz").exists()
+    assert "parameters" in json.load(open(out / "summary.json"))
+    assert (out / "notes.txt").read_text() == "mine"
+    # every file the run wrote is one that the next --overwrite deletes
+    from tfstronglens.inference import FIT_OUTPUT_FILES
+
+    assert set(os.listdir(out)) - {"notes.txt"} <= set(FIT_OUTPUT_FILES)
+    code, text, _ = _run(["fit", "--help"])
+    text = " ".join(text.split())
+    assert code == 0
+    assert "start a fresh run in DIR" in text and "hmc_checkpoint.npz) are deleted" in text
+
+
+def test_fit_cli_summary_table_has_one_std_column(rerun):
+    _, code, printed, err = rerun
+    assert code == 0, err
+    header = next(line for line in printed.splitlines() if line.startswith("param"))
+    assert header.split() == ["param", "mean", "std", "p16", "p50", "p84"]
+
+
+def test_fit_cli_refuses_a_source_in_front_of_the_lens(tiny, tmp_path):
+    out = tmp_path / "o"
+    base = ["fit", tiny[0], *TINY_MAP, "--out", str(out)]
+    code, _, err = _run(base + ["--z-lens", "1.0", "--z-source", "0.5"])
+    assert code == 2
+    assert "behind the lens: --z-source 0.5 is not larger than --z-lens 1" in err, err
+    code, _, err = _run(base + ["--z-lens", "3"])
+    assert code == 2
+    assert "--z-source 2 (the default) is not larger than --z-lens 3" in err, err
+    assert not out.exists()
+
+
+def test_fit_cli_refuses_a_psf_with_negative_pixels(tiny, tmp_path):
+    image, psf = tiny
+    kernel = np.asarray(load_lens_image(image, psf=psf).observation.psf.kernel(PIX))
+    negative = kernel.copy()
+    negative[0, :] = -0.02  # a ring of over-subtracted background: 2% per pixel
+    bad = tmp_path / "negative_psf.fits"
+    write_fits(bad, negative)
+    out = tmp_path / "o"
+    code, _, err = _run(["fit", image, *TINY_MAP, "--out", str(out), "--psf", str(bad)])
+    assert code == 2
+    assert f"--psf {str(bad)!r}: the PSF kernel has {kernel.shape[1]} negative pixels" in err
+    assert not out.exists()
+    # a negative total below 1% of the flux is noise: set to zero, and said so
+    noisy = kernel.copy()
+    noisy[0, 0] = -1e-4
+    write_fits(tmp_path / "noisy_psf.fits", noisy)
+    img = load_lens_image(image, psf=str(tmp_path / "noisy_psf.fits"))
+    assert img.observation.psf.kernel(PIX).min() == 0.0
+    assert "1 negative PSF pixels (0.01% of the flux) set to zero" in img.notes
+
+
+def test_fit_cli_refuses_psf_and_psf_fwhm_together(tiny, tmp_path):
+    image, psf = tiny
+    out = tmp_path / "o"
+    code, _, err = _run(["fit", image, *TINY_MAP, "--out", str(out), "--psf", psf,
+                         "--psf-fwhm", "0.1"])
+    assert code == 2 and "argument --psf-fwhm: not allowed with argument --psf" in err, err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="not both"):
+        load_lens_image(image, psf=psf, psf_fwhm=0.1)
+    # --psf-fwhm replaces the image file's PSF extension
+    img = load_lens_image(image, psf_fwhm=0.3)
+    assert isinstance(img.observation.psf, tsl.GaussianPSF)
+    assert not any("PSF extension" in n for n in img.notes)
+
+
+def test_fit_cli_failed_validation_leaves_no_out_folder(tiny, tmp_path):
+    image, _ = tiny
+    bare = tmp_path / "bare.fits"  # no noise level in the header
+    write_fits(bare, np.ones((16, 16), np.float32), pixel_scale=PIX)
+    out = tmp_path / "o"
+    for argv in (["fit", str(bare), *TINY_MAP],
+                 ["fit", image, *TINY_MAP, "--init", "cnn", "--init-model",
+                  str(tmp_path / "no_cnn")],
+                 ["fit", image, *TINY_MAP, "--noise-map", str(tmp_path / "no_map.fits")]):
+        code, _, err = _run(argv + ["--out", str(out)])
+        assert code == 2, err
+        assert not out.exists(), argv
+    # a run that fails before it wrote anything (e.g. no CNN draw inside the prior with
+    # --init cnn) removes the folder it created, and only that
+    from tfstronglens.cli_fit import _run_folder
+
+    for existed in (False, True):
+        if existed:
+            out.mkdir()
+        with pytest.raises(ValueError, match="failed"):
+            with _run_folder(str(out), overwrite=False):
+                assert out.is_dir()
+                raise ValueError("the run failed")
+        assert out.exists() == existed
+
+
+def test_fit_cli_missing_input_file_is_a_usage_error(tiny, tmp_path):
+    # exit code 2 (bad arguments), not 1 (writing failed), and one line naming the file
+    image, _ = tiny
+    missing = str(tmp_path / "nope.fits")
+    base = ["fit", image, *TINY_MAP, "--out", str(tmp_path / "o")]
+    for argv, option in ((["fit", missing, *TINY_MAP, "--out", str(tmp_path / "o")], "image"),
+                         (base + ["--psf", missing], "--psf"),
+                         (base + ["--noise-map", missing], "--noise-map")):
+        code, _, err = _run(argv)
+        assert code == 2, err
+        assert err == (f"tfstronglens fit: error: {option} {missing!r} does not exist or is "
+                       "not a file\n")
+    code, _, err = _run(["fit", image, "--model", missing, "--out", str(tmp_path / "o")])
+    assert code == 2 and f"--model {missing!r} does not exist" in err, err
+
+
+def test_fit_cli_errors_name_the_cli_flags(tiny, tmp_path):
+    image, _ = tiny
+    out = tmp_path / "o"
+    base = ["fit", image, "--lens", "sie+shear", "--source", "sersic", "--out", str(out),
+            "--no-xla", "--no-progress"]
+    code, _, err = _run(base + ["--method", "hmc", "--neutra"])
+    assert code == 2 and "--neutra" in err and "needs --surrogate iaf, got --surrogate " \
+        "full_rank" in err and "neutra=" not in err, err
+    code, _, err = _run(base + ["--method", "map", "--neutra", "--surrogate", "iaf"])
+    assert code == 2 and "--neutra applies to --method hmc, not --method map" in err, err
+    empty = tmp_path / "empty.fits"
+    write_fits(empty, np.zeros((16, 16), np.float32), pixel_scale=PIX, header={"BKGRMS": 0.05})
+    code, _, err = _run(["fit", str(empty), *base[2:], "--method", "map"])
+    assert code == 2 and f"the image {str(empty)!r} has no positive signal" in err, err
+    assert "amp_scale" not in err
+    code, _, err = _run(["fit", image, "--lens", "sie+shear+m3m4", "--source", "rim",
+                         "--method", "map", "--out", str(out)])
+    assert code == 2 and "--lens sie+shear+m3m4 gives ['MULTIPOLE'] other settings" in err, err
+    assert "RIMSource" not in err
+    code, _, err = _run(base + ["--max-tree-depth", "31"])
+    assert code == 2 and "argument --max-tree-depth: must be an integer from 1 to 30" in err
+    assert not out.exists()
+
+
+def test_hmc_draws_that_all_diverged_are_reported(capsys):
+    # Chains that never moved (every transition diverged): R-hat is NaN. fit_lens's
+    # problems say so, summary.json does not look like a good result, and the command
+    # says so at its end, naming the options to change.
+    from tfstronglens.cli_fit import _warn_problems
+    from tfstronglens.inference import FitResult, MCMCResult, summarize
+    from tfstronglens.inference.pipeline import _hmc_problems, _summary_json
+
+    def mcmc(samples, diverging):
+        n, c, _ = samples.shape
+        stats = {"diverging": diverging, "acceptance_rate": np.zeros((n, c)),
+                 "n_steps": np.ones((n, c))}
+        return MCMCResult(samples=samples, log_prob=np.zeros((n, c)), sample_stats=stats,
+                          trace={}, warmup_stats={}, step_size=np.full(c, 0.5),
+                          kernel="chees", timing={})
+
+    rng = np.random.default_rng(1)
+    names = ["lens.0.theta_E", "lens.0.e1"]
+    stuck = np.repeat(rng.normal(size=(1, 4, 2)), 50, axis=0)
+    with np.errstate(all="ignore"):
+        summary = summarize(stuck, names=names)
+    stuck_run = mcmc(stuck, np.ones((50, 4), bool))
+    problems = _hmc_problems(stuck_run, summary)
+    assert problems[:2] == ["all of the 200 HMC draws diverged",
+                            "R-hat is undefined (NaN) for 2 of the 2 parameters: the chains "
+                            "did not move"]
+    mixed = rng.normal(size=(500, 4, 2))
+    assert _hmc_problems(mcmc(mixed, np.zeros((500, 4), bool)),
+                         summarize(mixed, names=names)) == []
+
+    result = FitResult(method="hmc", param_names=names, samples=stuck, problems=problems,
+                       summary=summary, mcmc=stuck_run, best_fit={}, settings={}, timings={},
+                       model=None, subhalo_masses={}, map=None, laplace=None, vi=None,
+                       detection=None, data=None)
+    written = json.loads(json.dumps(_summary_json(result), allow_nan=False))
+    assert written["problems"] == problems
+    assert written["sampler"]["converged"] is False
+    assert written["sampler"]["max_r_hat"] is None  # NaN: not a finite, good-looking value
+    _warn_problems(result, "fit")
+    err = capsys.readouterr().err
+    assert err.startswith("tfstronglens fit: warning: the HMC draws did not converge: all "
+                          "of the 200 HMC draws diverged; R-hat is undefined")
+    assert "--num-burnin" in err and "--num-results" in err
 
 
 def test_demo_problem_is_consistent():

@@ -27,10 +27,14 @@ def add_image_args(p, what: str = "the lens image (square)"):
     pixel scale) to the parser ``p``."""
     p.add_argument("image", metavar="IMAGE.fits", help=what)
     p.add_argument("--hdu", default=None, help="HDU of the image (index or EXTNAME)")
-    p.add_argument("--psf", metavar="PSF.fits", default=None,
-                   help="PSF kernel (default: the image file's PSF extension, if any)")
-    p.add_argument("--psf-fwhm", type=_positive_float, default=None, metavar="ARCSEC",
-                   help="Gaussian PSF FWHM when there is no kernel")
+    psf = p.add_mutually_exclusive_group()
+    psf.add_argument("--psf", metavar="PSF.fits", default=None,
+                     help="PSF kernel (default: the image file's PSF extension, if any); "
+                          "negative pixels holding up to 1%% of its flux (noise) are set to "
+                          "zero, more is refused")
+    psf.add_argument("--psf-fwhm", type=_positive_float, default=None, metavar="ARCSEC",
+                     help="Gaussian PSF of this FWHM instead of a kernel (also instead of "
+                          "the image file's PSF extension)")
     add_noise_args(p)
     p.add_argument("--exposure", type=_positive_float, default=None, metavar="T",
                    help="exposure time in s for the source's Poisson noise (default: "
@@ -41,9 +45,14 @@ def add_image_args(p, what: str = "the lens image (square)"):
 
 def load_image_args(args):
     """The :class:`~tfstronglens.io.ObservedImage` that :func:`add_image_args`' options
-    describe."""
+    describe; ``_UserError`` naming the option and path for an input file that does not
+    exist."""
     from .io import load_lens_image
 
+    for option, path in (("image", args.image), ("--psf", args.psf),
+                         ("--noise-map", args.noise_map)):
+        if path is not None and not os.path.isfile(path):
+            raise _UserError(f"{option} {path!r} does not exist or is not a file")
     hdu = args.hdu
     if hdu is not None and hdu.lstrip("-").isdigit():
         hdu = int(hdu)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+import warnings
+
+import numpy as np
 
 from .cli import _check_output_dir, _positive_float, _positive_int, _seed
 from .cli_args import add_image_args, load_image_args
@@ -18,6 +22,11 @@ _non_negative = _seed
 
 _SOURCES = ("vae", "sersic", "pixelated", "rim")
 _METHODS = ("map", "vi", "hmc")
+# the HMC checkpoint of a run, in its --out folder
+_CHECKPOINT = "hmc_checkpoint.npz"
+_OVERWRITE_HELP = ("start a fresh run in DIR even if it is not empty: the outputs of an "
+                   "earlier run there ({}) are deleted when the run starts, other files are "
+                   "kept (an interrupted run is not resumed)")
 
 
 def _add_inference_args(p, defaults):
@@ -51,7 +60,7 @@ def _add_inference_args(p, defaults):
                    help="NUTS draws per chain (default: %(default)s)")
     g.add_argument("--num-burnin", type=_non_negative, default=defaults["num_burnin"],
                    help="NUTS warm-up steps per chain (default: %(default)s)")
-    g.add_argument("--max-tree-depth", type=_count, default=8,
+    g.add_argument("--max-tree-depth", type=_positive_int(30), default=8,
                    help="NUTS maximum tree depth; for ChEES the trajectory cap is "
                         "2**depth - 1 leapfrog steps (default: %(default)s)")
     g.add_argument("--hmc-kernel", choices=("nuts", "chees"), default="nuts",
@@ -109,7 +118,8 @@ def add_parsers(sub):
         help="fit a lens image: DIR/summary.json, samples, PNGs",
         description="Fit lens, subhalo and source parameters to IMAGE.fits by MAP -> VI -> "
                     "HMC and write DIR/summary.json (per parameter mean, std, 16/50/84 "
-                    "percentiles, R-hat and ESS where sampled; with --subhalos the "
+                    "percentiles, R-hat and ESS where sampled, and why HMC draws did not "
+                    "converge, also printed at the end; with --subhalos the "
                     "subhalo_detection statistic), DIR/samples.npz (and samples.nc for "
                     "ArviZ when installed), DIR/fit.png and DIR/corner.png. Pixel (row, "
                     "column) = (y, x), pixel centres symmetric about 0; the image is in "
@@ -124,9 +134,10 @@ def add_parsers(sub):
                      help="rim: first fit the lens with --source rim, then start the MAP of "
                           "the vae/pixelated fit there, its source from the RIM's "
                           "reconstruction (default: prior draws)")
-    fit.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    fit.add_argument("--out", required=True, metavar="DIR",
+                     help="output directory, created when the run starts")
     fit.add_argument("--overwrite", action="store_true",
-                     help="write into DIR even if it is not empty")
+                     help=_OVERWRITE_HELP.format(f"summary.json, samples, PNGs, {_CHECKPOINT}"))
     _add_inference_args(fit, dict(method="hmc", num_starts=64, map_steps=500, vi_steps=500,
                                   num_chains=8, num_results=500, num_burnin=500,
                                   map_polish_steps=30))
@@ -142,8 +153,8 @@ def add_parsers(sub):
     )
     demo.add_argument("--out", default=None, metavar="DIR",
                       help="also write summary.json, samples and PNGs there")
-    demo.add_argument("--overwrite", action="store_true",
-                      help="write into DIR even if it is not empty")
+    demo.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP.format(
+        f"summary.json, truth.json, samples, PNGs, {_CHECKPOINT}"))
     _add_inference_args(demo, dict(method="map", num_starts=16, map_steps=250, vi_steps=300,
                                    num_chains=4, num_results=200, num_burnin=200,
                                    # the VAE decoder makes an LM iteration of the 77
@@ -153,13 +164,51 @@ def add_parsers(sub):
 
 
 def _check_out(out, overwrite):
+    """Refuse an ``--out`` that is a file, or a non-empty folder without ``--overwrite``;
+    nothing is created (:func:`_start_out` does that when the run starts)."""
     if out is None:
         return
-    _check_output_dir(out, overwrite, "into it")
+    _check_output_dir(out, overwrite, "a fresh run into it")
+
+
+@contextlib.contextmanager
+def _run_folder(out, overwrite, stale=()):
+    """The ``--out`` folder of a run that starts now (:func:`_start_out`); if the run fails
+    before it wrote anything there, a folder that this run created is removed again."""
+    created = not os.path.isdir(out)
+    _start_out(out, overwrite, stale)
+    try:
+        yield
+    except BaseException:
+        if created and not os.listdir(out):
+            os.rmdir(out)
+        raise
+
+
+def _start_out(out, overwrite, stale=()):
+    """Create ``--out`` for a run that starts now (all its input validated); with
+    ``--overwrite`` first delete the files ``stale`` that an earlier run wrote there, so
+    that none of them is resumed (the HMC checkpoint) or taken for this run's output."""
     os.makedirs(out, exist_ok=True)
+    if overwrite:
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, name))
+
+
+def _flag(name):
+    """The command-line flag of a :func:`~tfstronglens.inference.fit_lens` argument."""
+    return "--" + name.replace("_", "-")
 
 
 def _fit_kwargs(args):
+    """The :func:`~tfstronglens.inference.fit_lens` arguments of the inference options,
+    after refusing the combinations it would refuse or ignore (named by their flags)."""
+    if args.neutra and args.method != "hmc":
+        raise ValueError(f"--neutra applies to --method hmc, not --method {args.method}")
+    if args.neutra and args.surrogate != "iaf":
+        raise ValueError("--neutra samples through the VI normalizing flow: it needs "
+                         f"--surrogate iaf, got --surrogate {args.surrogate}")
     # (the LM polish differentiates by finite differences, which would re-run the RIM for
     # every displaced lens parameter: --source rim stops at Adam)
     polish = 0 if getattr(args, "source", None) == "rim" else args.map_polish_steps
@@ -187,25 +236,47 @@ def _init(args):
 
 
 def _print_summary(result):
+    """Print the posterior summary table (without the VAE source's latent ``source.z.*``)."""
     from .inference import format_summary
 
-    rows = {k: dict(v, sd=v["std"]) for k, v in result.summary.items()
-            if not k.startswith("source.z.")}
+    rows = {k: v for k, v in result.summary.items() if not k.startswith("source.z.")}
     print(format_summary(rows))
+
+
+def _warn_problems(result, command: str):
+    """Say on stderr, at the end of a run, why its HMC draws did not converge
+    (``result.problems``) and which options to change."""
+    from .inference import hmc_advice
+
+    if result.problems:
+        print(f"tfstronglens {command}: warning: the HMC draws did not converge: "
+              f"{'; '.join(result.problems)}. The posterior summary is unreliable; "
+              f"{hmc_advice(_flag)}", file=sys.stderr)
 
 
 def _apply_model_spec(args):
     """``--model MODEL.json``: the spec's fields replace the model options; None otherwise.
-    Without it ``--source`` is required."""
+    Without it ``--source`` is required, and ``--z-source`` must exceed ``--z-lens`` (the
+    spec checks its own redshifts)."""
     from .inference.spec import ModelSpec
 
     args.spec = None
     if args.model is None:
         if args.source is None:
             raise ValueError("--source is required (or give the whole model with --model)")
+        z_lens, z_source = args.z_lens or 0.5, args.z_source or 2.0
+        if not z_source > z_lens:
+            def shown(flag, given, value):
+                return f"{flag} {value:g}" + (" (the default)" if given is None else "")
+
+            raise ValueError(f"the source must lie behind the lens: "
+                             f"{shown('--z-source', args.z_source, z_source)} is not larger "
+                             f"than {shown('--z-lens', args.z_lens, z_lens)}")
         return None
+    if not os.path.isfile(args.model):
+        raise ValueError(f"--model {args.model!r} does not exist or is not a file")
     spec = args.spec = ModelSpec.from_json(args.model)
-    given = [f"--{k.replace('_', '-')}" for k, default in
+    given = [_flag(k) for k, default in
              (("lens_light", "none"), ("source", None), ("subhalos", 0), ("z_lens", None),
               ("z_source", None)) if getattr(args, k, default) != default]
     if given:
@@ -223,6 +294,12 @@ def build_model_from_args(args, batch_size: int):
     from .inference import build_model
 
     obs_img = load_image_args(args)
+    # (build_model scales the amplitude priors to the brightest pixels)
+    peak = float(np.percentile(obs_img.data, 99.5))
+    if not peak > 0:
+        raise ValueError(f"the image {args.image!r} has no positive signal (99.5th "
+                         f"percentile of its pixels {peak:g}): fit an image of the lens in "
+                         "e-/s per pixel")
     for note in obs_img.notes:
         print(f"tfstronglens {args.command}: {note}", file=sys.stderr)
     obs = obs_img.observation
@@ -261,8 +338,36 @@ def build_model_from_args(args, batch_size: int):
     return model, obs_img, spec
 
 
+def _check_rim_lens(args, spec):
+    """Refuse lens components that the RIM (``--source rim``, ``--source-init rim``)
+    cannot take: profiles with non-default settings, such as a multipole's order."""
+    from .inference.spec import LENS_SHORTHANDS
+    from .profiles import get_profile
+
+    def non_default(c):
+        if not c.settings:
+            return False
+        try:
+            config = get_profile(c.profile, **c.settings).get_config()
+        except TypeError:  # settings that do not fit the profile: the model names them
+            return False
+        try:
+            return config != get_profile(c.profile).get_config()
+        except TypeError:  # a profile whose settings have no defaults
+            return True
+
+    lens = LENS_SHORTHANDS[args.lens] if spec is None else spec.lens
+    configured = [c.profile for c in lens if non_default(c)]
+    if configured:
+        where = f"--lens {args.lens}" if spec is None else f"--model {args.model}"
+        raise ValueError(f"the RIM (--source rim / --source-init rim) takes lens profiles "
+                         f"with their default settings only; {where} gives {configured} "
+                         "other settings (e.g. a multipole's order): fit it with another "
+                         "--source")
+
+
 def _fit(args) -> int:
-    from .inference import fit_lens, write_fit_outputs
+    from .inference import FIT_OUTPUT_FILES
 
     spec = _apply_model_spec(args)
 
@@ -275,11 +380,23 @@ def _fit(args) -> int:
                          f"{args.source}")
     if args.source_init == "rim" and args.init == "cnn":
         raise ValueError("--source-init rim and --init cnn both choose the MAP starts: give one")
-    if "rim" in (args.source, args.source_init) and args.lens_light != "none":
-        raise ValueError("the RIM reconstructs the source from data without lens light: "
-                         "--source rim / --source-init rim need --lens-light none")
+    if "rim" in (args.source, args.source_init):
+        if args.lens_light != "none":
+            raise ValueError("the RIM reconstructs the source from data without lens light: "
+                             "--source rim / --source-init rim need --lens-light none")
+        _check_rim_lens(args, spec)
+    fit_kwargs = _fit_kwargs(args)
     _check_out(args.out, args.overwrite)
     model, obs_img, spec = build_model_from_args(args, min(16, args.num_starts))
+    with _run_folder(args.out, args.overwrite, (*FIT_OUTPUT_FILES, _CHECKPOINT)):
+        return _run_fit(args, model, obs_img, spec, fit_kwargs)
+
+
+def _run_fit(args, model, obs_img, spec, fit_kwargs) -> int:
+    """The run of ``fit`` (its options validated, its model built, ``--out`` created):
+    the fit, its output files and what it prints."""
+    from .inference import ConvergenceWarning, fit_lens, write_fit_outputs
+
     obs = obs_img.observation
     print(f"tfstronglens fit: {len(model.param_names)} parameters, method {args.method}",
           file=sys.stderr)
@@ -294,8 +411,11 @@ def _fit(args) -> int:
         rim_map = find_map(rim_model, num_starts=args.num_starts, num_steps=args.map_steps,
                            seed=args.seed, progress=not args.no_progress)
         map_init = source_init_from_rim(model, rim_map.summary())
-    result = fit_lens(model, **_fit_kwargs(args), map_init=map_init,
-                      checkpoint=os.path.join(args.out, "hmc_checkpoint.npz"))
+    with warnings.catch_warnings():
+        # (said at the end by _warn_problems, naming the options to change)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit_lens(model, **fit_kwargs, map_init=map_init,
+                          checkpoint=os.path.join(args.out, _CHECKPOINT))
     settings = {"image": os.path.abspath(args.image), "lens": args.lens,
                 "model": None if spec is None else spec.to_dict(),
                 "lens_light": args.lens_light,
@@ -313,23 +433,30 @@ def _fit(args) -> int:
               f"M_sun at ({det.center_x:.3f}, {det.center_y:.3f}) arcsec")
     print(f"wrote {', '.join(sorted(os.path.basename(p) for p in paths.values()))} to "
           f"{args.out} in {result.timings['total']:.0f} s")
+    _warn_problems(result, "fit")
     return 0
 
 
 def _demo(args) -> int:
-    from .inference import fit_lens, write_fit_outputs
+    from .inference import FIT_OUTPUT_FILES, ConvergenceWarning, fit_lens, write_fit_outputs
     from .inference.demo import demo_problem, demo_table
 
+    fit_kwargs = _fit_kwargs(args)
     _check_out(args.out, args.overwrite)
+    if args.out is not None:
+        _start_out(args.out, args.overwrite, (*FIT_OUTPUT_FILES, "truth.json", _CHECKPOINT))
     t0 = time.perf_counter()
     print("tfstronglens demo: simulating an HST/ACS-like lens (SIE + shear, VAE source, "
           "one 1e10 M_sun point-mass subhalo)...", file=sys.stderr)
     model, truth, data = demo_problem(seed=args.seed)
     print(f"tfstronglens demo: fitting {len(model.param_names)} parameters "
           f"(method {args.method})", file=sys.stderr)
-    checkpoint = None if args.out is None else os.path.join(args.out, "hmc_checkpoint.npz")
-    result = fit_lens(model, data, **_fit_kwargs(args), checkpoint=checkpoint,
-                      detection_starts=25, detection_steps=150)
+    checkpoint = None if args.out is None else os.path.join(args.out, _CHECKPOINT)
+    with warnings.catch_warnings():
+        # (said at the end by _warn_problems, naming the options to change)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit_lens(model, data, **fit_kwargs, checkpoint=checkpoint,
+                          detection_starts=25, detection_steps=150)
     print(demo_table(result, truth))
     det = result.detection
     if det is not None:
@@ -349,4 +476,5 @@ def _demo(args) -> int:
             json.dump(truth, fh, indent=2)
         print(f"wrote {', '.join(sorted(os.path.basename(p) for p in paths.values()))} "
               f"and truth.json to {args.out}")
+    _warn_problems(result, "demo")
     return 0

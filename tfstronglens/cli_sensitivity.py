@@ -10,7 +10,8 @@ import numpy as np
 
 from .cli import _positive_float, _positive_int, _seed
 from .cli_args import add_image_args
-from .cli_fit import _apply_model_spec, _check_out, add_model_args, build_model_from_args
+from .cli_fit import (_apply_model_spec, _check_out, _start_out, add_model_args,
+                      build_model_from_args)
 
 __all__ = ["add_parsers"]
 
@@ -93,6 +94,7 @@ def _sensitivity(args) -> int:
     model, obs_img, spec = build_model_from_args(args, min(16, args.num_starts))
     if args.subhalo_profile is not None:
         model = model.replace(subhalo_profile=args.subhalo_profile)
+    _start_out(args.out, args.overwrite)
     print(f"tfstronglens sensitivity: smooth model of {model.replace(num_subhalos=0).num_params}"
           f" parameters, {args.grid}x{args.grid} positions x {len(args.masses)} masses, "
           f"{model.subhalo_profile} subhalos", file=sys.stderr)

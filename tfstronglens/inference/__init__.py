@@ -14,7 +14,8 @@ from .diagnostics import (
 from .map import MAPResult, find_map, polish_levenberg_marquardt
 from .mcmc import MCMCResult, sample_hmc
 from .model import LensModel, build_model, log_uniform
-from .pipeline import FitResult, fit_lens, write_fit_outputs
+from .pipeline import (FIT_OUTPUT_FILES, ConvergenceWarning, FitResult, fit_lens, hmc_advice,
+                       write_fit_outputs)
 from .sensitivity import (SensitivityMap, detection_threshold, sensitivity_map,
                           write_sensitivity_outputs)
 from .population import PopulationPosterior, ensemble_coverage, population_posterior
@@ -39,6 +40,9 @@ __all__ = [
     "source_init_from_rim",
     "FitResult",
     "write_fit_outputs",
+    "FIT_OUTPUT_FILES",
+    "ConvergenceWarning",
+    "hmc_advice",
     "LensModel",
     "build_model",
     "log_uniform",

@@ -18,7 +18,9 @@ r"""The end-to-end inference sequence MAP -> VI -> HMC, its summaries and its ou
    ``L L^T`` the VI covariance), then a dense metric and the step size adapted in burn-in;
    with ``neutra=True`` (and ``vi_surrogate="iaf"``) the chains run in the base space of
    the fitted flow instead (NeuTra-HMC, Hoffman et al. 2019); R-hat and bulk/tail ESS per
-   parameter (Vehtari et al. 2021);
+   parameter (Vehtari et al. 2021). Draws with divergent transitions, an R-hat above 1.01
+   or undefined (NaN) or a bulk ESS below 100 per chain are reported in
+   ``FitResult.problems``, in ``summary.json`` and by a :class:`ConvergenceWarning`;
 5. optionally the **subhalo detection** likelihood-ratio test
    (:func:`~tfstronglens.inference.detect_subhalo`), whose no-subhalo fit starts from the
    MAP's lens and source parameters (a few jittered starts).
@@ -29,6 +31,7 @@ This is the sequence of GIGA-Lens (Gu et al. 2022). :func:`write_fit_outputs` wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -48,11 +51,28 @@ from .mcmc import sample_hmc
 from .model import LensModel
 from .vi import fit_vi, laplace_approximation
 
-__all__ = ["FitResult", "fit_lens", "write_fit_outputs", "METHODS"]
+__all__ = ["FitResult", "fit_lens", "write_fit_outputs", "METHODS", "FIT_OUTPUT_FILES",
+           "ConvergenceWarning", "hmc_advice"]
 
 METHODS = ("map", "vi", "hmc")
 
+#: The files :func:`write_fit_outputs` writes into its folder (``samples.nc`` only when
+#: ArviZ is installed).
+FIT_OUTPUT_FILES = ("summary.json", "samples.npz", "samples.nc", "fit.png", "corner.png")
 
+# What converged HMC draws reach (Vehtari et al. 2021): a rank-normalised split R-hat
+# below 1.01 and a bulk ESS of at least 100 per chain for every parameter, and no
+# divergent transition.
+_MAX_R_HAT = 1.01
+_MIN_ESS_BULK_PER_CHAIN = 100
+
+
+class ConvergenceWarning(UserWarning):
+    """The HMC draws of :func:`fit_lens` did not converge (the reasons are in
+    :attr:`FitResult.problems`)."""
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class FitResult:
     """The result of :func:`fit_lens`.
 
@@ -64,6 +84,9 @@ class FitResult:
         draws, which are independent).
       summary: ``{name: {mean, std, p16, p50, p84[, r_hat, ess_bulk, ess_tail]}}`` for
         every scalar parameter (R-hat and ESS only for HMC).
+      problems: plain statements of why the HMC draws did not converge (divergent
+        transitions, an undefined (NaN) or large R-hat, a small bulk ESS); empty when
+        they did, and for ``"map"`` and ``"vi"``.
       best_fit: ``{name: value}`` at the MAP.
       subhalo_masses: the same statistics of the profile-robust subhalo masses
         (``subhalo.k.mass_aperture``, ``mass_eff``, ``r_pert``;
@@ -74,8 +97,22 @@ class FitResult:
       model, data: what was fitted.
     """
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    method: str
+    param_names: list
+    samples: np.ndarray
+    summary: dict
+    problems: list
+    best_fit: dict
+    subhalo_masses: dict
+    map: object
+    laplace: object
+    vi: object
+    mcmc: object
+    detection: object
+    timings: dict
+    settings: dict
+    model: LensModel
+    data: np.ndarray
 
     def __repr__(self):
         return (f"FitResult(method={self.method!r}, D={len(self.param_names)}, "
@@ -119,6 +156,46 @@ def _simple_summary(draws: np.ndarray, names, keep) -> dict:
                          "p16": float(pct[0, i]), "p50": float(pct[1, i]),
                          "p84": float(pct[2, i])}
     return out
+
+
+def hmc_advice(option=str) -> str:
+    """What to change when the HMC draws did not converge (:attr:`FitResult.problems`),
+    naming :func:`fit_lens`'s arguments through ``option`` (the command line passes a
+    function that returns its flags)."""
+    return (f"warm up longer ({option('num_burnin')}: the step size and metric adapt "
+            f"there), draw more ({option('num_results')}), or start the chains closer to the "
+            f"posterior (more {option('map_steps')} or {option('vi_steps')})")
+
+
+def _hmc_problems(mcmc, summary: dict) -> list:
+    """Plain statements of why the HMC draws of ``mcmc`` (an :class:`MCMCResult`) did not
+    converge, given their ``summary`` (per parameter ``r_hat`` and ``ess_bulk``): divergent
+    transitions, R-hat undefined (NaN: chains that never moved) or above 1.01, bulk ESS
+    below 100 per chain. Empty when nothing does."""
+    problems = []
+    diverging = np.asarray(mcmc.sample_stats["diverging"])
+    n_div, n = int(diverging.sum()), int(diverging.size)
+    if n_div:
+        problems.append(f"{'all' if n_div == n else n_div} of the {n} HMC draws diverged")
+    r_hat = {k: v["r_hat"] for k, v in summary.items()}
+    undefined = [k for k, v in r_hat.items() if not np.isfinite(v)]
+    if undefined:
+        problems.append(f"R-hat is undefined (NaN) for {len(undefined)} of the {len(r_hat)} "
+                        "parameters: the chains did not move")
+    high = {k: v for k, v in r_hat.items() if np.isfinite(v) and v > _MAX_R_HAT}
+    if high:
+        worst = max(high, key=high.get)
+        problems.append(f"R-hat is above {_MAX_R_HAT} for {len(high)} parameters (up to "
+                        f"{high[worst]:.3g}, {worst}): the chains disagree")
+    min_ess = _MIN_ESS_BULK_PER_CHAIN * int(mcmc.num_chains)
+    ess = {k: v["ess_bulk"] for k, v in summary.items() if np.isfinite(v["ess_bulk"])}
+    low = {k: v for k, v in ess.items() if v < min_ess}
+    if low:
+        worst = min(low, key=low.get)
+        problems.append(f"the bulk ESS is below {min_ess} ({_MIN_ESS_BULK_PER_CHAIN} per "
+                        f"chain) for {len(low)} parameters (down to {low[worst]:.0f}, "
+                        f"{worst})")
+    return problems
 
 
 def _subhalo_mass_summary(model: LensModel, x, max_draws: int = 4000) -> dict:
@@ -287,6 +364,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         timings["init"] = t_init
     best_fit = {k: float(v) for k, v in map_res.params.items() if np.ndim(v) == 0}
     laplace = vi_res = mcmc = None
+    problems = []
 
     if method == "map":
         t = time.perf_counter()
@@ -358,6 +436,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                 summary[name] = {"mean": s["mean"], "std": s["sd"], "p16": s["p16"],
                                  "p50": s["p50"], "p84": s["p84"], "r_hat": s["r_hat"],
                                  "ess_bulk": s["ess_bulk"], "ess_tail": s["ess_tail"]}
+            problems = _hmc_problems(mcmc, summary)
 
     subhalo_masses = _subhalo_mass_summary(model, x_draws)
 
@@ -393,10 +472,14 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     detection_starts=detection_starts, detection_steps=detection_steps,
                     detection_learning_rate=detection_learning_rate,
                     map_reused=map_result is not None)
+    if problems:
+        warnings.warn(f"fit_lens: the HMC draws did not converge: {'; '.join(problems)}. "
+                      f"The posterior summary is unreliable; {hmc_advice()}",
+                      ConvergenceWarning, stacklevel=2)
     return FitResult(method=method, param_names=names, samples=samples, summary=summary,
-                     best_fit=best_fit, map=map_res, laplace=laplace, vi=vi_res, mcmc=mcmc,
-                     detection=detection, timings=timings, settings=settings, model=model,
-                     subhalo_masses=subhalo_masses,
+                     problems=problems, best_fit=best_fit, map=map_res, laplace=laplace,
+                     vi=vi_res, mcmc=mcmc, detection=detection, timings=timings,
+                     settings=settings, model=model, subhalo_masses=subhalo_masses,
                      data=np.asarray(d))
 
 
@@ -469,14 +552,59 @@ def _source_image(model: LensModel, params: dict, n: int = 100):
     return img, extent
 
 
+def _summary_json(result: FitResult, extra_settings: dict | None = None,
+                  truths: dict | None = None) -> dict:
+    """The content of ``summary.json`` (see :func:`write_fit_outputs`), JSON-ready:
+    non-finite numbers are None."""
+    model = result.model
+    summary = {
+        "problems": list(result.problems),
+        "parameters": result.summary,
+        "best_fit": result.best_fit,
+        "method": result.method,
+        "settings": {**result.settings, **(extra_settings or {})},
+        "timings": result.timings,
+        "model": repr(model),
+    }
+    if result.mcmc is not None:
+        m = result.mcmc
+        summary["sampler"] = {
+            "converged": not result.problems,
+            "kernel": m.kernel, "num_chains": int(m.num_chains),
+            "num_results": int(m.num_results),
+            "acceptance_rate": [float(a) for a in np.ravel(m.acceptance_rate)],
+            "num_divergences": [int(a) for a in np.ravel(m.num_divergences)],
+            "step_size": [float(a) for a in np.ravel(m.step_size)],
+            # (np.max: a NaN R-hat makes it NaN, null in the file; max() may skip it)
+            "max_r_hat": float(np.max([v["r_hat"] for v in result.summary.values()])),
+            "min_ess_bulk": float(np.min([v["ess_bulk"] for v in result.summary.values()])),
+        }
+    if result.subhalo_masses:
+        summary["subhalo_masses"] = dict(
+            result.subhalo_masses, aperture_arcsec=model.subhalo_aperture,
+            definition=("mass_aperture: projected mass (M_sun) inside aperture_arcsec of the "
+                        "subhalo's centre; mass_eff: projected mass (M_sun) inside the "
+                        "perturbation radius r_pert (arcsec, Minor et al. 2017). Unlike "
+                        "subhalo.k.mass (M200c or total mass under the model's profile "
+                        "assumptions) they barely depend on the assumed profile"))
+    if result.detection is not None:
+        summary["subhalo_detection"] = detection_summary(result.detection)
+    if truths:
+        summary["truths"] = {k: float(v) for k, v in truths.items()}
+    return _json_safe(summary)
+
+
 def write_fit_outputs(result: FitResult, out_dir, overwrite: bool = False,
                       extra_settings: dict | None = None, truths: dict | None = None) -> dict:
     """Write the files of a fit into ``out_dir`` (which must exist).
 
-    * ``summary.json``: ``parameters`` (per scalar parameter: ``mean``, ``std``, ``p16``,
-      ``p50``, ``p84``, and ``r_hat``, ``ess_bulk``, ``ess_tail`` for HMC), ``best_fit``
-      (MAP values), ``settings``, ``timings`` (seconds), ``sampler`` (HMC acceptance,
-      divergences, step sizes), ``subhalo_detection`` (when run; see
+    * ``summary.json``: ``problems`` (:attr:`FitResult.problems`: why the HMC draws did
+      not converge; empty when they did), ``parameters`` (per scalar parameter:
+      ``mean``, ``std``, ``p16``, ``p50``, ``p84``, and ``r_hat``, ``ess_bulk``,
+      ``ess_tail`` for HMC), ``best_fit`` (MAP values), ``settings``,
+      ``timings`` (seconds), ``sampler`` (HMC: ``converged``, i.e. no problems,
+      acceptance, divergences, step sizes, the largest R-hat, null when any is NaN, and
+      the smallest bulk ESS), ``subhalo_detection`` (when run; see
       :func:`detection_summary`), ``truths`` when given;
     * ``samples.npz`` (constrained draws ``[draws, chains]`` per parameter name, HMC
       statistics as ``sample_stats/<name>``) and ``samples.nc`` (ArviZ netCDF, when ArviZ
@@ -492,42 +620,11 @@ def write_fit_outputs(result: FitResult, out_dir, overwrite: bool = False,
     out_dir = os.fspath(out_dir)
     paths = {}
     model = result.model
-    summary = {
-        "parameters": result.summary,
-        "best_fit": result.best_fit,
-        "method": result.method,
-        "settings": {**result.settings, **(extra_settings or {})},
-        "timings": result.timings,
-        "model": repr(model),
-    }
-    if result.mcmc is not None:
-        m = result.mcmc
-        summary["sampler"] = {
-            "kernel": m.kernel, "num_chains": int(m.num_chains),
-            "num_results": int(m.num_results),
-            "acceptance_rate": [float(a) for a in np.ravel(m.acceptance_rate)],
-            "num_divergences": [int(a) for a in np.ravel(m.num_divergences)],
-            "step_size": [float(a) for a in np.ravel(m.step_size)],
-            "max_r_hat": max((v["r_hat"] for v in result.summary.values()), default=None),
-            "min_ess_bulk": min((v["ess_bulk"] for v in result.summary.values()),
-                                default=None),
-        }
-    if result.subhalo_masses:
-        summary["subhalo_masses"] = dict(
-            result.subhalo_masses, aperture_arcsec=model.subhalo_aperture,
-            definition=("mass_aperture: projected mass (M_sun) inside aperture_arcsec of the "
-                        "subhalo's centre; mass_eff: projected mass (M_sun) inside the "
-                        "perturbation radius r_pert (arcsec, Minor et al. 2017). Unlike "
-                        "subhalo.k.mass (M200c or total mass under the model's profile "
-                        "assumptions) they barely depend on the assumed profile"))
-    if result.detection is not None:
-        summary["subhalo_detection"] = detection_summary(result.detection)
-    if truths:
-        summary["truths"] = {k: float(v) for k, v in truths.items()}
+    summary = _summary_json(result, extra_settings, truths)
     path = os.path.join(out_dir, "summary.json")
     with atomic_output(path, overwrite=overwrite) as tmp:
         with open(tmp, "w") as fh:
-            json.dump(_json_safe(summary), fh, indent=2)
+            json.dump(summary, fh, indent=2)
     paths["summary"] = path
 
     samples = {name: result.samples[..., i] for i, name in enumerate(result.param_names)}

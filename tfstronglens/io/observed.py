@@ -80,6 +80,29 @@ def _positive(value, name):
     return value
 
 
+# The largest total of negative PSF pixels, as a fraction of the positive total, that is
+# taken for noise (and set to zero) rather than refused.
+_MAX_NEGATIVE_PSF = 0.01
+
+
+def _clip_negative_psf(kernel, where: str, notes: list) -> np.ndarray:
+    """``kernel`` with its negative pixels set to zero (noted in ``notes``) when they hold
+    at most 1% of the positive flux (the noise of an empirical PSF); ``ValueError`` naming
+    ``where`` (the option and file) when they hold more."""
+    negative = kernel < 0
+    if not negative.any():
+        return kernel
+    fraction = float(-kernel[negative].sum() / kernel[~negative].sum())
+    if fraction > _MAX_NEGATIVE_PSF:
+        raise ValueError(f"{where}: the PSF kernel has {int(negative.sum())} negative pixels "
+                         f"holding {fraction:.1%} of its positive flux (at most "
+                         f"{_MAX_NEGATIVE_PSF:.0%} is taken for noise); a PSF is "
+                         "non-negative: subtract less background from it or clip it first")
+    notes.append(f"{int(negative.sum())} negative PSF pixels ({fraction:.2%} of the flux) "
+                 "set to zero")
+    return np.maximum(kernel, 0.0)
+
+
 def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
                     noise_map=None, exposure_time=None, pixel_scale=None,
                     dtype="float32") -> ObservedImage:
@@ -90,9 +113,11 @@ def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
         pixel ``(row, column) = (y, x)``, pixel centres symmetric about 0
         (:class:`~tfstronglens.PixelGrid`). Units: e-/s per pixel (the Poisson term of the
         noise uses the exposure time in seconds).
-      psf: FITS file of a pixel PSF kernel (normalised to sum 1 here); default: the image
-        file's ``PSF`` extension if it has one, else ``psf_fwhm``, else no PSF.
-      psf_fwhm: FWHM in arcsec of a Gaussian PSF, if no kernel is given.
+      psf: FITS file of a pixel PSF kernel (normalised to sum 1 here); default: a Gaussian
+        of ``psf_fwhm`` if given, else the image file's ``PSF`` extension if it has one,
+        else no PSF. Negative pixels holding at most 1% of the positive flux (noise) are
+        set to zero, and a note says so; more is refused.
+      psf_fwhm: FWHM in arcsec of a Gaussian PSF, instead of a kernel (not with ``psf``).
       noise_rms: background noise per pixel (e-/s); default: header ``BKGRMS`` or ``SIGMABKG``.
       noise_map: FITS file of a per-pixel noise sigma map (e-/s), used as is (then neither
         the background rms nor the exposure time enter the likelihood).
@@ -105,7 +130,9 @@ def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
     Raises:
       FileNotFoundError: a file does not exist.
       ValueError: the image is not square or not finite, the pixel scale or noise level
-        is unknown or invalid, a map has the wrong shape.
+        is unknown or invalid, a map has the wrong shape, the PSF kernel is not a finite
+        2D array of positive sum or has significant negative pixels, both ``psf`` and
+        ``psf_fwhm`` are given.
     """
     from ..lensing import GaussianPSF, PixelPSF
     from ..observation import Observation
@@ -128,21 +155,27 @@ def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
                              "WCS in its header; give --pixel-scale")
         notes.append(f"pixel scale {pixel_scale:g} arcsec from the header")
 
+    if psf is not None and psf_fwhm is not None:
+        raise ValueError(f"give a PSF kernel or a Gaussian FWHM, not both: got psf={psf!r} "
+                         f"and psf_fwhm={psf_fwhm!r}")
     kernel = None
     if psf is not None:
         kernel, _ = read_fits(psf)
+        where = f"--psf {str(psf)!r}"
         notes.append(f"PSF kernel from {psf}")
-    else:
+    elif psf_fwhm is None:
         try:
             kernel, _ = read_fits(path, hdu="PSF")
+            where = f"the PSF extension of {str(path)!r}"
             notes.append("PSF kernel from the image file's PSF extension")
         except ValueError:
             kernel = None
     if kernel is not None:
         kernel = np.asarray(kernel, np.float64)
         if kernel.ndim != 2 or not np.all(np.isfinite(kernel)) or not kernel.sum() > 0:
-            raise ValueError(f"the PSF kernel must be a finite 2D array with positive sum, "
-                             f"got shape {kernel.shape}")
+            raise ValueError(f"{where}: the PSF kernel must be a finite 2D array with positive "
+                             f"sum, got shape {kernel.shape}")
+        kernel = _clip_negative_psf(kernel, where, notes)
         psf_obj = PixelPSF(kernel / kernel.sum())
     elif psf_fwhm is not None:
         psf_obj = GaussianPSF(_positive(psf_fwhm, "psf_fwhm"))
