@@ -255,7 +255,7 @@ def _save_cache(path, cache):
         json.dump(cache, fh, indent=1)
 
 
-def map_and_hmc(net, num_map, num_hmc, num_starts=8, cache_path=None):
+def map_and_hmc(net, num_map, num_hmc, num_starts=8, cache_path=None, hmc_first=0):
     from tfstronglens.inference import build_model, fit_lens
 
     cache = _load_cache(cache_path)  # lens index -> its HMC comparison row (resumable)
@@ -286,7 +286,9 @@ def map_and_hmc(net, num_map, num_hmc, num_starts=8, cache_path=None):
                 print(f"map: lens {i + 1}/{num_map}, starts from {init}: {dt:.1f} s, mirrored "
                       f"{rows[init][-1]['mirrored']}, theta_E miss "
                       f"{rows[init][-1]['theta_E_miss']}", flush=True)
-        if i < num_hmc and str(i) in cache:
+        if i < hmc_first:  # another process's share (its own --hmc-cache)
+            pass
+        elif i < num_hmc and str(i) in cache:
             hmc_rows.append({n: tuple(v) for n, v in cache[str(i)]["row"].items()})
             print(f"hmc: lens {i + 1}/{num_hmc} from {cache_path}", flush=True)
         elif i < num_hmc:
@@ -339,6 +341,9 @@ def main():
     p.add_argument("--head-steps", type=int, default=1000)
     p.add_argument("--hmc-cache", default=None, metavar="FILE.json",
                    help="keep each lens's HMC comparison here; a rerun skips lenses done")
+    p.add_argument("--hmc-first", type=int, default=0, metavar="K",
+                   help="run NUTS only from lens K on (to share the lenses between "
+                        "processes with separate caches; merge the JSON files after)")
     args = p.parse_args()
     net = load_lens_cnn(args.model)
     only = set(args.only.split(","))
@@ -354,7 +359,8 @@ def main():
         lenstronomy_aegis(net)
     if "map" in only or "hmc" in only:
         map_and_hmc(net, args.num_map if "map" in only else 0,
-                    args.num_hmc if "hmc" in only else 0, cache_path=args.hmc_cache)
+                    args.num_hmc if "hmc" in only else 0, cache_path=args.hmc_cache,
+                    hmc_first=args.hmc_first)
 
 
 if __name__ == "__main__":

@@ -346,8 +346,9 @@ def test_fit_starts_from_the_cnn_posterior(tiny_run):
 def test_shipped_cnn_follows_the_model_and_resampled_starts_find_the_lens():
     """``init="cnn"`` picks the shipped network of the model's main lens (EPL when its
     slope is free), and its starts on a 60x60 image of 0.065" (not the network's 64x64 of
-    0.05": resampled) land near the true lens: theta_E within 5% and the ellipticity and
-    shear on the true side of the mirrored mode for most draws."""
+    0.05": resampled) find the lens: theta_E within 3% (a pixel scale taken as the
+    network's would be 30% off) and the source position within 0.02" (a flipped or
+    transposed image would put it 0.08-0.1" away)."""
     import tfstronglens as tsl
     from tfstronglens.inference import LensModel, amortized_starts, build_model
     from tfstronglens.inference.amortized import default_lens_cnn
@@ -355,37 +356,47 @@ def test_shipped_cnn_follows_the_model_and_resampled_starts_find_the_lens():
     obs = tsl.Observation.from_instrument("hst_acs_f814w", num_pix=60, pixel_scale=0.065)
     truth = {"lens.0.theta_E": 1.1, "lens.0.gamma": 2.05, "lens.0.e1": 0.1,
              "lens.0.e2": -0.08, "lens.0.center_x": 0.02, "lens.0.center_y": -0.01,
-             "lens.1.gamma1": 0.03, "lens.1.gamma2": -0.02, "source.0.amp": 40.0,
+             "lens.1.gamma1": 0.03, "lens.1.gamma2": -0.02, "source.0.amp": 1.2,
              "source.0.R_sersic": 0.2, "source.0.n_sersic": 1.5, "source.0.e1": -0.1,
              "source.0.e2": 0.12, "source.0.center_x": 0.05, "source.0.center_y": -0.04}
     gen = LensModel(obs, "epl+shear", "sersic", supersample=2)
-    data = np.asarray(gen.simulate({k: tf.constant([v], gen.dtype) for k, v in truth.items()},
-                                   seed=3))[0]
+    params = {k: tf.constant([v], gen.dtype) for k, v in truth.items()}
+    assert 30 < float(obs.snr(gen.render(params)[0])) < 50  # inside the training range
+    data = np.asarray(gen.simulate(params, seed=3))[0]
     epl = build_model(obs, data, lens="epl+shear", source="sersic", lens_light=None)
     sie = build_model(obs, data, lens="sie+shear", source="sersic", lens_light=None)
     assert default_lens_cnn(epl) == "pretrained-epl" and default_lens_cnn(sie) == "pretrained"
-    starts = amortized_starts(epl, num_starts=64, seed=0)
-    assert "lens.0.gamma" in starts
-    assert abs(np.median(starts["lens.0.theta_E"]) / truth["lens.0.theta_E"] - 1) < 0.05
-    keys = ("lens.0.e1", "lens.0.e2", "lens.1.gamma1", "lens.1.gamma2")
-    e_true = np.array([truth[k] for k in keys])
-    e = np.stack([starts[k] for k in keys], -1)
-    right_side = np.linalg.norm(e - e_true, axis=-1) < np.linalg.norm(e + e_true, axis=-1)
-    assert right_side.mean() > 0.8, right_side.mean()
+    for model in (epl, sie):
+        starts = amortized_starts(model, num_starts=128, seed=0)
+        assert ("lens.0.gamma" in starts) == (model is epl)
+        med = {k: float(np.median(v)) for k, v in starts.items()}
+        assert abs(med["lens.0.theta_E"] / truth["lens.0.theta_E"] - 1) < 0.03, med
+        for k in ("source.0.center_x", "source.0.center_y"):
+            assert abs(med[k] - truth[k]) < 0.02, (k, med)
 
 
-def test_shipped_cnn_is_accurate_and_calibrated():
-    """The shipped network on 256 held-out simulations (Sersic sources, no lens light):
-    theta_E to better than 3% (median), every parameter's 68% interval covering within 9
-    points of nominal (3 binomial sigma at n = 256), and its compiled graph equal to eager
-    execution (TF 2.21's fused Conv2D + BiasAdd + Add + LeakyRelu kernel broke that for
-    these trained weights: the graph's posteriors were ~2x too narrow)."""
+@pytest.mark.parametrize("name, lens_model, simulations", [
+    ("pretrained", "sie+shear", [0]), ("pretrained-epl", "epl+shear", [0, 1, 2, 3])])
+def test_shipped_cnn_is_accurate_and_calibrated(name, lens_model, simulations):
+    """Each shipped network on 256 held-out simulations of its lens model: theta_E to
+    better than 3% (median), every parameter's 68% interval covering within 9 points of
+    nominal (3 binomial sigma at n = 256), and its compiled graph equal to eager execution
+    (TF 2.21's fused Conv2D + BiasAdd + Add + LeakyRelu kernel broke that for the SIE
+    network's weights: the graph's posteriors were ~2x too narrow). The SIE network is
+    checked on Sersic sources without lens light alone; the EPL network on its training
+    mixture, where it is calibrated: on images without lens light alone its lens-centre
+    intervals are too narrow (68% coverage 0.55-0.59; models/pretrained/README.md)."""
     from tfstronglens.models.amortized_training import (DEFAULT_CNN_SIMULATIONS, cnn_batch,
                                                         cnn_generators)
 
-    net = load_lens_cnn()
-    gen = cnn_generators([DEFAULT_CNN_SIMULATIONS[0]], seed=4242, heldout=True)
-    x, theta, _ = cnn_batch(gen, net.param_names, 0, 256)
+    net = load_lens_cnn(name)
+    assert ("lens.0.gamma" in net.param_names) == (lens_model == "epl+shear")
+    gens = cnn_generators([dict(DEFAULT_CNN_SIMULATIONS[i], lens_model=lens_model)
+                           for i in simulations], seed=4242, heldout=True)
+    size = 256 // len(gens)
+    parts = [cnn_batch(gens, net.param_names, k, size) for k in range(len(gens))]
+    x = {key: tf.concat([p[0][key] for p in parts], 0) for key in parts[0][0]}
+    theta = tf.concat([p[1] for p in parts], 0)
     np.testing.assert_allclose(tf.function(net)(x).numpy(), net(x).numpy(), atol=1e-4)
     draws = np.transpose(net.posterior(x).sample(200, seed=[0, 1]).numpy(), (1, 0, 2))
     theta = theta.numpy()

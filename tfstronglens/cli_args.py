@@ -10,8 +10,9 @@ import os
 
 from .cli import _positive_float, _positive_int, _seed, _UserError
 
-__all__ = ["add_image_args", "load_image_args", "add_noise_args", "add_training_args",
-           "check_training_out", "training_strategy", "read_json_config"]
+__all__ = ["add_image_args", "add_image_options", "load_image_args", "add_noise_args",
+           "add_training_args", "check_training_out", "training_strategy", "read_json_config",
+           "add_finetune_args"]
 
 
 def add_noise_args(p, what: str = "background noise per pixel, e-/s (default: header BKGRMS)"):
@@ -24,8 +25,16 @@ def add_noise_args(p, what: str = "background noise per pixel, e-/s (default: he
 
 def add_image_args(p, what: str = "the lens image (square)"):
     """Add ``IMAGE.fits`` and the options that describe it (HDU, PSF, noise, exposure,
-    pixel scale) to the parser ``p``."""
+    pixel scale; :func:`add_image_options`) to the parser ``p``."""
     p.add_argument("image", metavar="IMAGE.fits", help=what)
+    add_image_options(p)
+
+
+def add_image_options(p):
+    """Add the options that describe a lens image (``--hdu``, ``--psf`` or
+    ``--psf-fwhm``, ``--noise-rms`` or ``--noise-map``, ``--exposure``,
+    ``--pixel-scale``) to the parser ``p``, without the image itself (``fit-many``
+    takes a catalogue of images)."""
     p.add_argument("--hdu", default=None, help="HDU of the image (index or EXTNAME)")
     psf = p.add_mutually_exclusive_group()
     psf.add_argument("--psf", metavar="PSF.fits", default=None,
@@ -82,6 +91,17 @@ def add_training_args(p, *, steps: int, batch_size: int, num_heldout: int):
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in DIR (discarding a checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_finetune_args(p, what: str):
+    """``--init-from DIR`` and ``--first-batch K`` of a trainer that can fine-tune
+    (``train-rim``, ``train-cnn``); ``what`` names its model."""
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help=f"fine-tune: start from this {what}'s weights (a training folder or "
+                        ".keras file of the same architecture)")
+    p.add_argument("--first-batch", type=_seed, default=0, metavar="K",
+                   help="start the training stream at batch K (a fine-tuning run of a model "
+                        "trained for N steps with the same --seed passes N: new lenses only)")
 
 
 def check_training_out(args, command: str, name: str):

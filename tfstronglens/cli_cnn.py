@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_float, _positive_int, _seed
-from .cli_args import (add_noise_args, add_training_args, check_training_out, read_json_config,
-                       training_strategy)
+from .cli_args import (add_finetune_args, add_noise_args, add_training_args,
+                       check_training_out, read_json_config, training_strategy)
 
 __all__ = ["add_parsers"]
 
@@ -37,6 +37,7 @@ def add_parsers(sub):
                          "(taken in turn); --instrument overrides their instrument")
     tr.add_argument("--head", choices=sorted(POSTERIOR_HEADS), default="flow",
                     help="posterior head (default: %(default)s)")
+    add_finetune_args(tr, "lens CNN")
     add_training_args(tr, steps=5000, batch_size=64, num_heldout=2000)  # (cosine-decayed LR)
     tr.set_defaults(func=_train_cnn)
 
@@ -103,7 +104,8 @@ def _train_cnn(args) -> int:
                        batch_size=args.batch_size, learning_rate=args.learning_rate,
                        steps_per_checkpoint=args.steps_per_checkpoint,
                        num_heldout=args.num_heldout, seed=args.seed, strategy=strategy,
-                       overwrite=args.overwrite, progress=not args.no_progress)
+                       overwrite=args.overwrite, progress=not args.no_progress,
+                       init_from=args.init_from, first_batch=args.first_batch)
     cov = report["parameters"]
     worst68 = max(abs(v["coverage_68"] - 0.68) for v in cov.values())
     print(f"held-out ({report['num_lenses']} lenses): theta_E median relative error "

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_int
-from .cli_args import (add_image_args, add_training_args, check_training_out, load_image_args,
-                       training_strategy)
+from .cli_args import (add_finetune_args, add_image_args, add_training_args,
+                       check_training_out, load_image_args, training_strategy)
 from .simulation.generator import LENS_PROFILES
 
 __all__ = ["add_parsers"]
@@ -45,12 +45,7 @@ def add_parsers(sub):
                     help="image pixels per side (default: %(default)s)")
     tr.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                     help="learning-rate schedule over --steps (default: %(default)s)")
-    tr.add_argument("--init-from", default=None, metavar="DIR",
-                    help="fine-tune: start from this RIM's weights (a train-rim folder or "
-                         ".keras file of the same architecture)")
-    tr.add_argument("--first-batch", type=int, default=0, metavar="K",
-                    help="start the training stream at batch K (a fine-tuning run of a model "
-                         "trained for N steps with the same --seed passes N: new lenses only)")
+    add_finetune_args(tr, "RIM")
     tr.add_argument("--rim-steps", type=_positive_int(100), default=10,
                     help="recurrent steps T (default: %(default)s)")
     add_training_args(tr, steps=4000, batch_size=16, num_heldout=256)

@@ -12,6 +12,8 @@ simulations.
 
 from __future__ import annotations
 
+import json
+import numbers
 import os
 import time
 
@@ -19,7 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .amortized import POSTERIOR_HEADS, LensPosteriorNetwork, posterior_parameter_names
+from .amortized import (POSTERIOR_HEADS, LensPosteriorNetwork, load_lens_cnn,
+                        posterior_parameter_names)
 from .training import (LEARNING_RATE_SCHEDULES, save_trained_model, train_on_stream,
                        write_json)
 
@@ -223,7 +226,8 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
               features: int = 128, flow_layers: int = 4, flow_hidden=(64, 64),
               flow_transform: str = "spline", steps_per_checkpoint: int = 100, num_heldout: int = 2000, seed: int = 0,
               jit_compile: bool = False, strategy=None, resume: bool = True,
-              overwrite: bool = False, progress: bool = True) -> dict:
+              overwrite: bool = False, progress: bool = True, init_from=None,
+              first_batch: int = 0) -> dict:
     """Train a :class:`~tfstronglens.models.LensPosteriorNetwork` on an infinite stream of
     simulated lenses and report on held-out ones.
 
@@ -236,6 +240,13 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
     ``learning_rate_schedule`` is ``"cosine"`` (to 1% over ``steps``) or ``"constant"``;
     the schedule is the first call's (a resumed run with more ``steps`` continues at the
     final learning rate).
+
+    **Fine-tuning.** ``init_from`` (anything :func:`~tfstronglens.models.load_lens_cnn`
+    takes) starts from that network's weights and keeps its standardisation (its
+    architecture and parameters must be this run's), with a fresh optimizer and schedule;
+    ``first_batch`` starts the training stream at that batch index, so that a network
+    trained on batches ``0 .. N-1`` continues with ``first_batch=N`` on lenses it has not
+    seen.
 
     Outputs in ``out_dir``: ``cnn.keras``, ``saved_model/``
     (:meth:`~tfstronglens.models.LensPosteriorNetwork.export`), ``report.json``
@@ -259,14 +270,34 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
                 filters=[int(f) for f in filters], features=int(features),
                 flow_layers=int(flow_layers), flow_hidden=[int(h) for h in flow_hidden],
                 flow_transform=flow_transform)
+    if not (isinstance(first_batch, numbers.Integral) and first_batch >= 0):
+        raise ValueError(f"first_batch must be a non-negative integer, got {first_batch!r}")
+    init = None
+    if init_from is not None:
+        init = load_lens_cnn(init_from)
+        theirs = json.loads(json.dumps({k: init.get_config().get(k) for k in arch}))
+        # the weights were trained on the first network's standardisation: keep it
+        arch.update(param_loc=theirs["param_loc"], param_scale=theirs["param_scale"])
+        mine = json.loads(json.dumps(arch))
+        diff = [k for k in arch if theirs[k] != mine[k]]
+        if diff:
+            raise ValueError(f"init_from {init_from!r} is a lens CNN of another architecture "
+                             "or parameters (" + ", ".join(
+                                 f"{k}: init_from {theirs[k]!r}, now {mine[k]!r}"
+                                 for k in diff) + ")")
     settings = {"simulations": [g.config.to_dict() for g in generators], "network": arch,
                 "batch_size": int(batch_size), "learning_rate": float(learning_rate),
                 "learning_rate_schedule": learning_rate_schedule,
                 "jit_compile": bool(jit_compile)}
+    if init is not None or first_batch:
+        settings.update(first_batch=int(first_batch),
+                        init_from=None if init_from is None else str(init_from))
 
     def make_model():
         keras.utils.set_random_seed(int(seed))
         net = LensPosteriorNetwork(**arch)
+        if init is not None:
+            net.set_weights(init.get_weights())
         lr = LEARNING_RATE_SCHEDULES[learning_rate_schedule](learning_rate, int(steps))
         net.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0),
                     jit_compile=bool(jit_compile))
@@ -274,7 +305,8 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
 
     t0 = time.perf_counter()
     net, state = train_on_stream(
-        make_model, lambda start: cnn_dataset(generators, names, batch_size, start), out_dir,
+        make_model,
+        lambda start: cnn_dataset(generators, names, batch_size, first_batch + start), out_dir,
         steps=steps, command=TRAIN_COMMAND, settings=settings,
         steps_per_checkpoint=steps_per_checkpoint, resume=resume, overwrite=overwrite,
         progress=progress, strategy=strategy)
