@@ -251,11 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_cnn import add_parsers as add_cnn_parsers
     from .cli_fit import add_parsers
+    from .cli_fit_many import add_parsers as add_fit_many_parsers
     from .cli_population import add_parsers as add_population_parsers
     from .cli_rim import add_parsers as add_rim_parsers
     from .cli_sensitivity import add_parsers as add_sensitivity_parsers
 
     add_parsers(sub)
+    add_fit_many_parsers(sub)
     add_sensitivity_parsers(sub)
     add_rim_parsers(sub)
     add_cnn_parsers(sub)

@@ -12,9 +12,10 @@ import warnings
 import numpy as np
 
 from .cli import _check_output_dir, _positive_float, _positive_int, _seed
-from .cli_args import add_image_args, load_image_args
+from .cli_args import add_image_options, load_image_args
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "add_model_args", "add_fit_options", "check_fit_options",
+           "fit_image", "build_model_from_args", "HMC_CHECKPOINT"]
 
 # parsers of the count options (starts, steps, chains, draws) and of non-negative integers
 _count = _positive_int(10**9)
@@ -22,8 +23,11 @@ _non_negative = _seed
 
 _SOURCES = ("vae", "sersic", "pixelated", "rim")
 _METHODS = ("map", "vi", "hmc")
-# the HMC checkpoint of a run, in its --out folder
-_CHECKPOINT = "hmc_checkpoint.npz"
+#: The HMC checkpoint of a run, in its ``--out`` folder (resumed by a rerun).
+HMC_CHECKPOINT = "hmc_checkpoint.npz"
+# the defaults of fit's inference settings (also those of fit-many)
+_FIT_DEFAULTS = dict(method="hmc", num_starts=64, map_steps=500, vi_steps=500,
+                    num_chains=8, num_results=500, num_burnin=500, map_polish_steps=30)
 _OVERWRITE_HELP = ("start a fresh run in DIR even if it is not empty: the outputs of an "
                    "earlier run there ({}) are deleted when the run starts, other files are "
                    "kept (an interrupted run is not resumed)")
@@ -111,6 +115,24 @@ def add_model_args(p):
                         "half the image pixel scale)")
 
 
+def add_fit_options(p):
+    """Add the options of ``fit`` besides ``IMAGE.fits``, ``--out`` and ``--overwrite``
+    to the parser ``p``: those that describe the image (``--hdu``, PSF, noise, exposure,
+    pixel scale), the model (:func:`add_model_args`, ``--subhalos``, ``--source-init``)
+    and the inference settings, with ``fit``'s defaults. ``fit-many`` takes the same
+    options, so that its lenses are fitted as ``fit`` fits one."""
+    add_image_options(p)
+    add_model_args(p)
+    p.add_argument("--subhalos", type=_non_negative, default=0, metavar="N",
+                   help="number of candidate TNFW subhalos; with N >= 1 the one-subhalo "
+                        "detection test is also run (default: 0)")
+    p.add_argument("--source-init", choices=("prior", "rim"), default="prior",
+                   help="rim: first fit the lens with --source rim, then start the MAP of "
+                        "the vae/pixelated fit there, its source from the RIM's "
+                        "reconstruction (default: prior draws)")
+    _add_inference_args(p, _FIT_DEFAULTS)
+
+
 def add_parsers(sub):
     """Add ``fit`` and ``demo`` to the CLI's subparsers."""
     fit = sub.add_parser(
@@ -125,22 +147,12 @@ def add_parsers(sub):
                     "column) = (y, x), pixel centres symmetric about 0; the image is in "
                     "e-/s per pixel.",
     )
-    add_image_args(fit)
-    add_model_args(fit)
-    fit.add_argument("--subhalos", type=_non_negative, default=0, metavar="N",
-                     help="number of candidate TNFW subhalos; with N >= 1 the one-subhalo "
-                          "detection test is also run (default: 0)")
-    fit.add_argument("--source-init", choices=("prior", "rim"), default="prior",
-                     help="rim: first fit the lens with --source rim, then start the MAP of "
-                          "the vae/pixelated fit there, its source from the RIM's "
-                          "reconstruction (default: prior draws)")
+    fit.add_argument("image", metavar="IMAGE.fits", help="the lens image (square)")
+    add_fit_options(fit)
     fit.add_argument("--out", required=True, metavar="DIR",
                      help="output directory, created when the run starts")
-    fit.add_argument("--overwrite", action="store_true",
-                     help=_OVERWRITE_HELP.format(f"summary.json, samples, PNGs, {_CHECKPOINT}"))
-    _add_inference_args(fit, dict(method="hmc", num_starts=64, map_steps=500, vi_steps=500,
-                                  num_chains=8, num_results=500, num_burnin=500,
-                                  map_polish_steps=30))
+    fit.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP.format(
+        f"summary.json, samples, PNGs, {HMC_CHECKPOINT}"))
     fit.set_defaults(func=_fit)
 
     demo = sub.add_parser(
@@ -154,7 +166,7 @@ def add_parsers(sub):
     demo.add_argument("--out", default=None, metavar="DIR",
                       help="also write summary.json, samples and PNGs there")
     demo.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP.format(
-        f"summary.json, truth.json, samples, PNGs, {_CHECKPOINT}"))
+        f"summary.json, truth.json, samples, PNGs, {HMC_CHECKPOINT}"))
     _add_inference_args(demo, dict(method="map", num_starts=16, map_steps=250, vi_steps=300,
                                    num_chains=4, num_results=200, num_burnin=200,
                                    # the VAE decoder makes an LM iteration of the 77
@@ -288,9 +300,11 @@ def _apply_model_spec(args):
     return spec
 
 
-def build_model_from_args(args, batch_size: int):
+def build_model_from_args(args, batch_size: int, *, log=None):
     """The :class:`LensModel` of a command's model and data options (``fit``,
-    ``sensitivity``): ``(model, image, spec)``, ``spec`` the ``--model`` spec or None."""
+    ``sensitivity``): ``(model, image, spec)``, ``spec`` the ``--model`` spec or None.
+    The notes on the image (where each value came from) go to ``log`` (default:
+    ``sys.stderr``)."""
     from .inference import build_model
 
     obs_img = load_image_args(args)
@@ -301,7 +315,8 @@ def build_model_from_args(args, batch_size: int):
                          f"percentile of its pixels {peak:g}): fit an image of the lens in "
                          "e-/s per pixel")
     for note in obs_img.notes:
-        print(f"tfstronglens {args.command}: {note}", file=sys.stderr)
+        print(f"tfstronglens {args.command}: {note}",
+              file=sys.stderr if log is None else log)
     obs = obs_img.observation
     kwargs = {}
     src_scale = args.source_pixel_scale or 0.5 * obs.pixel_scale
@@ -366,11 +381,17 @@ def _check_rim_lens(args, spec):
                          "--source")
 
 
-def _fit(args) -> int:
-    from .inference import FIT_OUTPUT_FILES
+def check_fit_options(args) -> dict:
+    """Check the options of ``fit`` that do not depend on the image and return the
+    :func:`~tfstronglens.inference.fit_lens` arguments they give.
 
+    ``args`` are ``fit``'s parsed options (:func:`add_fit_options`); a ``--model`` spec
+    is applied to them (its fields replace ``--source``, ``--subhalos``, the redshifts and
+    the lens light), so call this once per ``args``. ``ValueError`` naming the options
+    for a combination ``fit`` refuses. ``fit-many`` calls it once before fitting any
+    lens, so that a bad option is one error, not one per lens.
+    """
     spec = _apply_model_spec(args)
-
     if args.source == "rim" and args.method != "map":
         raise ValueError(f"--source rim gives a point estimate of the source: use --method "
                          f"map (got --method {args.method}), or --source vae/pixelated with "
@@ -385,37 +406,63 @@ def _fit(args) -> int:
             raise ValueError("the RIM reconstructs the source from data without lens light: "
                              "--source rim / --source-init rim need --lens-light none")
         _check_rim_lens(args, spec)
-    fit_kwargs = _fit_kwargs(args)
+    return _fit_kwargs(args)
+
+
+def fit_image(args, *, log=None):
+    """Fit ``args.image`` and write its outputs into ``args.out``: the per-lens code path
+    of ``fit`` and ``fit-many`` (which calls it once per lens of its catalogue).
+
+    ``args`` are ``fit``'s parsed options (the image, :func:`add_fit_options`, ``--out``,
+    ``--overwrite``; ``args.command`` names the command in messages). The options are
+    checked (:func:`check_fit_options`) and ``--out`` is refused if it is a file, or a
+    non-empty folder without ``--overwrite``, before anything is created; then the model
+    is built from the image (:func:`build_model_from_args`), ``--out`` is created (with
+    ``--overwrite`` the files of an earlier run are deleted first; a folder this run
+    created is removed again if the fit fails before writing there), the lens is fitted
+    (:func:`~tfstronglens.inference.fit_lens`) and ``summary.json``, the samples and the
+    PNGs are written (:func:`~tfstronglens.inference.write_fit_outputs`, each file
+    atomically).
+
+    The notes on the image and the model go to ``log`` (default: ``sys.stderr``); nothing
+    is printed on stdout (``fit`` prints the summary itself). Returns ``(result,
+    paths)``: the :class:`~tfstronglens.inference.FitResult` and ``{kind: path}`` of the
+    written files. Raises ``ValueError`` or ``_UserError`` for bad options or input files.
+    """
+    from .inference import FIT_OUTPUT_FILES
+
+    log = sys.stderr if log is None else log
+    fit_kwargs = check_fit_options(args)
     _check_out(args.out, args.overwrite)
-    model, obs_img, spec = build_model_from_args(args, min(16, args.num_starts))
-    with _run_folder(args.out, args.overwrite, (*FIT_OUTPUT_FILES, _CHECKPOINT)):
-        return _run_fit(args, model, obs_img, spec, fit_kwargs)
+    model, obs_img, spec = build_model_from_args(args, min(16, args.num_starts), log=log)
+    with _run_folder(args.out, args.overwrite, (*FIT_OUTPUT_FILES, HMC_CHECKPOINT)):
+        return _run_fit(args, model, obs_img, spec, fit_kwargs, log)
 
 
-def _run_fit(args, model, obs_img, spec, fit_kwargs) -> int:
-    """The run of ``fit`` (its options validated, its model built, ``--out`` created):
-    the fit, its output files and what it prints."""
+def _run_fit(args, model, obs_img, spec, fit_kwargs, log):
+    """The run of :func:`fit_image` (its options validated, its model built, ``--out``
+    created): the fit and its output files; returns ``(result, paths)``."""
     from .inference import ConvergenceWarning, fit_lens, write_fit_outputs
 
     obs = obs_img.observation
-    print(f"tfstronglens fit: {len(model.param_names)} parameters, method {args.method}",
-          file=sys.stderr)
+    print(f"tfstronglens {args.command}: {len(model.param_names)} parameters, method "
+          f"{args.method}", file=log)
     map_init = None
     if args.source_init == "rim":
         from .inference import find_map, source_init_from_rim
         from .models.rim import RIMSource
 
         rim_model = model.replace(source=RIMSource())
-        print(f"tfstronglens fit: --source-init rim: MAP of the {len(rim_model.param_names)} "
-              "lens parameters with the RIM's source", file=sys.stderr)
+        print(f"tfstronglens {args.command}: --source-init rim: MAP of the "
+              f"{len(rim_model.param_names)} lens parameters with the RIM's source", file=log)
         rim_map = find_map(rim_model, num_starts=args.num_starts, num_steps=args.map_steps,
                            seed=args.seed, progress=not args.no_progress)
         map_init = source_init_from_rim(model, rim_map.summary())
     with warnings.catch_warnings():
-        # (said at the end by _warn_problems, naming the options to change)
+        # (the caller reports result.problems, naming the options to change: _warn_problems)
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = fit_lens(model, **fit_kwargs, map_init=map_init,
-                          checkpoint=os.path.join(args.out, _CHECKPOINT))
+                          checkpoint=os.path.join(args.out, HMC_CHECKPOINT))
     settings = {"image": os.path.abspath(args.image), "lens": args.lens,
                 "model": None if spec is None else spec.to_dict(),
                 "lens_light": args.lens_light,
@@ -425,6 +472,11 @@ def _run_fit(args, model, obs_img, spec, fit_kwargs) -> int:
                 "z_source": args.z_source or 2.0,
                 "pixel_scale": obs.pixel_scale, "notes": obs_img.notes}
     paths = write_fit_outputs(result, args.out, overwrite=True, extra_settings=settings)
+    return result, paths
+
+
+def _fit(args) -> int:
+    result, paths = fit_image(args)
     _print_summary(result)
     if result.detection is not None:
         det = result.detection
@@ -444,14 +496,14 @@ def _demo(args) -> int:
     fit_kwargs = _fit_kwargs(args)
     _check_out(args.out, args.overwrite)
     if args.out is not None:
-        _start_out(args.out, args.overwrite, (*FIT_OUTPUT_FILES, "truth.json", _CHECKPOINT))
+        _start_out(args.out, args.overwrite, (*FIT_OUTPUT_FILES, "truth.json", HMC_CHECKPOINT))
     t0 = time.perf_counter()
     print("tfstronglens demo: simulating an HST/ACS-like lens (SIE + shear, VAE source, "
           "one 1e10 M_sun point-mass subhalo)...", file=sys.stderr)
     model, truth, data = demo_problem(seed=args.seed)
     print(f"tfstronglens demo: fitting {len(model.param_names)} parameters "
           f"(method {args.method})", file=sys.stderr)
-    checkpoint = None if args.out is None else os.path.join(args.out, _CHECKPOINT)
+    checkpoint = None if args.out is None else os.path.join(args.out, HMC_CHECKPOINT)
     with warnings.catch_warnings():
         # (said at the end by _warn_problems, naming the options to change)
         warnings.simplefilter("ignore", ConvergenceWarning)
