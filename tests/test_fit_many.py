@@ -2,8 +2,6 @@
 folder per lens, as ``fit`` writes it; a summary table; reruns skip finished lenses; a
 failing lens is recorded and does not stop the others)."""
 
-import contextlib
-import io
 import json
 import os
 import sys
@@ -14,22 +12,13 @@ from astropy.table import Table
 
 import tfstronglens as tsl
 from tfstronglens.inference import pipeline
-from tfstronglens.cli import main
 from tfstronglens.cli_fit_many import lens_is_finished, read_lens_catalog
 from tfstronglens.io import write_fits
 
+# the fit tests' tiny MAP (2 starts x 5 Adam steps, no XLA) and their in-process runner
+from test_fit_cli import TINY_MAP, _run  # noqa: E402
+
 PIX = 0.1
-# a MAP of 2 starts and 5 Adam steps, no polish, no XLA: a few seconds per lens
-TINY_MAP = ["--lens", "sie+shear", "--source", "sersic", "--method", "map", "--num-starts",
-            "2", "--map-steps", "5", "--map-polish-steps", "0", "--no-xla", "--no-progress"]
-
-
-def _run(argv):
-    """``main(argv)`` in this process: ``(exit code, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _ring(radius, seed, n=16):
