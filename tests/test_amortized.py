@@ -335,13 +335,6 @@ def test_fit_starts_from_the_cnn_posterior(tiny_run):
     assert len(np.unique(starts["lens.0.theta_E"])) > 1
     flat = model.to_flat({**dict(model.sample_prior(16, seed=2)), **starts})
     assert np.all(np.isfinite(np.asarray(flat)))
-    # a quarter of the starts (the last 4) are prior draws, the rest the network's
-    only_net = amortized_starts(model, net, num_starts=16, seed=1, prior_fraction=0.0)
-    np.testing.assert_allclose(starts["lens.0.theta_E"][:12], only_net["lens.0.theta_E"][:12])
-    prior = np.asarray(model.sample_prior(64, seed=1)["lens.0.theta_E"])
-    np.testing.assert_allclose(starts["lens.0.theta_E"][12:], prior[:4])
-    with pytest.raises(ValueError, match="prior_fraction"):
-        amortized_starts(model, net, num_starts=16, prior_fraction=1.5)
     # another image size and pixel scale: put on the network's grid (resampled)
     other = tsl.Observation.from_instrument("hst_acs_f814w", num_pix=37, pixel_scale=0.065)
     odd = np.random.default_rng(6).normal(size=(37, 37)).astype("float32") + 1.0
@@ -374,7 +367,7 @@ def test_shipped_cnn_follows_the_model_and_resampled_starts_find_the_lens():
     sie = build_model(obs, data, lens="sie+shear", source="sersic", lens_light=None)
     assert default_lens_cnn(epl) == "pretrained-epl" and default_lens_cnn(sie) == "pretrained"
     for model in (epl, sie):
-        starts = amortized_starts(model, num_starts=128, seed=0, prior_fraction=0.0)
+        starts = amortized_starts(model, num_starts=128, seed=0)
         assert ("lens.0.gamma" in starts) == (model is epl)
         med = {k: float(np.median(v)) for k, v in starts.items()}
         assert abs(med["lens.0.theta_E"] / truth["lens.0.theta_E"] - 1) < 0.03, med

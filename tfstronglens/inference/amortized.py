@@ -29,16 +29,9 @@ def default_lens_cnn(model: LensModel) -> str:
 
 
 def amortized_starts(model: LensModel, network=None, data=None, num_starts: int = 64,
-                     seed: int = 0, oversample: int = 4, prior_fraction: float = 0.25) -> dict:
+                     seed: int = 0, oversample: int = 4) -> dict:
     """``fit_lens``'s ``map_init``: ``num_starts`` draws of the network's posterior for the
-    parameters it shares with ``model`` (the others are drawn from the prior by the MAP),
-    of which a ``prior_fraction`` (rounded) are prior draws instead.
-
-    Why keep some prior starts: on a nearly round lens the network's ellipticity and shear
-    posteriors are broad and centred near zero, so its draws are less diverse than the
-    prior's without being closer to the answer, and all of them can end in the mirrored
-    ellipticity/shear mode (seen in ``benchmarks/fit.py --map-study``); the MAP keeps the
-    best start, so a few prior starts cost little and cover that case.
+    parameters it shares with ``model`` (the others are drawn from the prior by the MAP).
 
     The image is put on the network's grid first
     (:func:`~tfstronglens.models.amortized.match_network_grid`): centre-cropped or padded
@@ -74,9 +67,6 @@ def amortized_starts(model: LensModel, network=None, data=None, num_starts: int 
         raise ValueError(f"the lens CNN's parameters {net.param_names} are not the model's "
                          f"({model.param_names})")
     num_starts = int(num_starts)
-    if not 0.0 <= float(prior_fraction) <= 1.0:
-        raise ValueError(f"prior_fraction must be in [0, 1], got {prior_fraction!r}")
-    num_prior = int(round(float(prior_fraction) * num_starts))
     image = model.resolve_data(data)
     sigma = model.data_noise_sigma(image)
     scale = float(model.observation.pixel_scale)
@@ -89,12 +79,12 @@ def amortized_starts(model: LensModel, network=None, data=None, num_starts: int 
     draws = q.sample(n_draw, seed=tf.constant([int(seed), 17]))[:, 0].numpy()
     cols = {n: draws[:, net.param_names.index(n)] for n in shared}
     prior = dict(model.sample_prior(n_draw, seed=int(seed)))
-    prior_cols = {n: np.asarray(prior[n])[:num_prior] for n in shared}
     for n, v in cols.items():
         prior[n] = tf.constant(v.astype(model.dtype.as_numpy_dtype))
     ok = np.all(np.isfinite(np.asarray(model.to_flat(prior))), axis=-1)
     if not ok.any():
         raise ValueError("no draw of the lens CNN's posterior lies inside the model's prior; "
                          "is the image of the kind the network was trained on?")
-    idx = np.resize(np.flatnonzero(ok), num_starts - num_prior)
-    return {n: np.concatenate([v[idx], prior_cols[n]]) for n, v in cols.items()}
+    idx = np.flatnonzero(ok)
+    idx = np.resize(idx, num_starts)
+    return {n: v[idx] for n, v in cols.items()}
