@@ -294,9 +294,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
       init: where the MAP starts come from when ``map_init`` is not given: ``None`` or
         ``"prior"`` (prior draws), ``"cnn"`` (draws of the amortized posterior of the
         shipped lens CNN for the model's main lens, SIE or EPL, for the lens and source
-        position, a quarter of the starts prior draws instead,
-        :func:`~tfstronglens.inference.amortized_starts`; the other parameters from the
-        prior), a shipped network's name (``"pretrained"``,
+        position, :func:`~tfstronglens.inference.amortized_starts`; the other parameters
+        from the prior), a shipped network's name (``"pretrained"``,
         ``"pretrained-epl"``), or a :class:`~tfstronglens.models.LensPosteriorNetwork` /
         its folder. Images of another size or pixel scale are put on the network's grid.
 
