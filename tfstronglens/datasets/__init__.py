@@ -9,6 +9,11 @@
   ``manual_dir`` (:mod:`tfstronglens.datasets.cosmos_galaxies`), e.g. ``"cosmos_galaxies/64"``.
 
 Both galaxy datasets share the features of :mod:`tfstronglens.datasets.galaxies`.
+
+``lens_simulations`` and ``cosmos_galaxies`` build with Apache Beam when the build is given
+Beam options (``tfds build ... --beam_pipeline_options=...`` or
+``tfds.download.DownloadConfig(beam_options=...)``), writing the same records as the plain
+build (``datasets/lens_simulations/BEAM.md``).
 """
 
 from .cosmos_galaxies import CosmosGalaxies, CosmosGalaxiesConfig

@@ -36,6 +36,11 @@ features of :mod:`tfstronglens.datasets.galaxies`.
 
 Splits: ``validation`` holds the galaxies whose hashed ``IDENT`` falls in the
 ``validation_fraction`` (default 10%), ``train`` the rest: stable when the catalog grows.
+
+With Apache Beam (a ``DownloadConfig`` with ``beam_runner`` or ``beam_options``, e.g.
+``tfds build ... --beam_pipeline_options=runner=DirectRunner``) the galaxies are processed
+by the Beam workers (each reads the FITS files of ``manual_dir``, which must be readable
+by them); the records are the same as those of the plain build.
 """
 
 from __future__ import annotations
@@ -51,11 +56,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from scipy import ndimage
 
+from ._builder import BeamSwitch
 from .galaxies import (border_noise_std, box_smooth3, estimated_snr, galaxy_features,
                        light_centroid)
 
-__all__ = ["CosmosGalaxies", "CosmosGalaxiesConfig", "MANUAL_DOWNLOAD_INSTRUCTIONS",
-           "find_catalog", "read_catalog", "process_galaxy", "process_psf"]
+__all__ = ["CosmosGalaxies", "CosmosGalaxiesConfig", "GalaxyStampReader",
+           "MANUAL_DOWNLOAD_INSTRUCTIONS", "catalog_row", "check_kept", "find_catalog",
+           "read_catalog", "process_galaxy", "process_psf"]
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Put a GalSim RealGalaxyCatalog in the manual directory (`manual_dir`, by default
@@ -376,7 +383,7 @@ def process_galaxy(image, pixel_scale_in: float, noise_variance: float, config: 
 
 
 # --------------------------------------------------------------------- builder
-class CosmosGalaxies(tfds.core.GeneratorBasedBuilder):
+class CosmosGalaxies(BeamSwitch, tfds.core.GeneratorBasedBuilder):
     """Real HST galaxy stamps from a GalSim RealGalaxyCatalog (see the module docs)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -416,49 +423,108 @@ class CosmosGalaxies(tfds.core.GeneratorBasedBuilder):
                 for split, r in rows.items() if r.size}
 
     def _generate_examples(self, directory, cat, rows, split="train", catalog_name=""):
-        from astropy.io import fits
-
+        """The examples of the catalog ``rows`` of ``split``: a generator, or with an
+        Apache Beam build (:attr:`use_beam`) a ``beam.PTransform`` that processes the
+        galaxies on the workers (:class:`tfstronglens.datasets._beam.CosmosGalaxyExamples`).
+        Each example depends only on its catalog row and the config (its noise is seeded by
+        ``(config.seed, IDENT)``), so both write the same records."""
         cfg = self.builder_config
-        files = {}
+        if self.use_beam:
+            from ._beam import CosmosGalaxyExamples
 
-        def hdu_data(name, hdu):
-            if name not in files:
-                files[name] = fits.open(os.path.join(directory, name), memmap=True)
-            return np.asarray(files[name][int(hdu)].data)
+            return CosmosGalaxyExamples(directory, cfg, [catalog_row(cat, r) for r in rows],
+                                        split, catalog_name)
+        return self._iter_examples(directory, cat, rows, split, catalog_name)
 
-        psf_cache = {}
+    def _iter_examples(self, directory, cat, rows, split, catalog_name):
         skipped = collections.Counter()
         count = 0
-        try:
+        with GalaxyStampReader(directory, self.builder_config) as reader:
             for r in rows:
-                ident = int(cat["IDENT"][r])
-                p_in = float(cat["PIXEL_SCALE"][r])
-                if not (math.isfinite(p_in) and p_in > 0):
-                    p_in = cfg.pixel_scale
-                rng = np.random.default_rng([cfg.seed, ident & ((1 << 63) - 1)])
-                ex, why = process_galaxy(hdu_data(cat["GAL_FILENAME"][r], cat["GAL_HDU"][r]), p_in,
-                                         float(cat["NOISE_VARIANCE"][r]), cfg, rng)
-                if ex is None:
-                    skipped["S/N outside the range" if why.startswith("S/N") else why] += 1
+                key, ex = reader.example(catalog_row(cat, r))
+                if key is None:
+                    skipped[ex] += 1
                     continue
-                key = (cat["PSF_FILENAME"][r], int(cat["PSF_HDU"][r]), p_in)
-                if key not in psf_cache:
-                    psf_cache.clear()  # PSFs are per galaxy in COSMOS: keep the cache small
-                    psf_cache[key] = process_psf(hdu_data(key[0], key[1]), p_in, cfg.pixel_scale,
-                                                 cfg.psf_size)
-                ex["psf"] = psf_cache[key]
-                ex["id"] = np.int64(ident)
-                ex["mag"] = np.float32(cat["MAG"][r])
                 count += 1
-                yield f"{ident}_{r}", ex
-        finally:
-            for f in files.values():
-                f.close()
+                yield key, ex
         logging.getLogger(__name__).info("cosmos_galaxies %s: %d of %d galaxies kept, skipped: %s",
                                          split, count, len(rows), dict(skipped))
-        if count == 0:
-            raise ValueError(
-                f"cosmos_galaxies: none of the {len(rows)} galaxies of split {split!r} of "
-                f"{catalog_name!r} passed (skipped: {dict(skipped)}); with snr_range="
-                f"{cfg.snr_range}, widen the range or set degrade_snr=True (config "
-                f"'64-degraded') to add noise to brighter galaxies")
+        check_kept(count, len(rows), split, catalog_name, self.builder_config, dict(skipped))
+
+
+def check_kept(count: int, total: int, split: str, catalog_name: str,
+               config: CosmosGalaxiesConfig, skipped: dict | None = None) -> None:
+    """``ValueError`` if none (``count == 0``) of the ``total`` galaxies of a split passed."""
+    if count == 0:
+        detail = f" (skipped: {skipped})" if skipped is not None else ""
+        raise ValueError(
+            f"cosmos_galaxies: none of the {total} galaxies of split {split!r} of "
+            f"{catalog_name!r} passed{detail}; with snr_range="
+            f"{config.snr_range}, widen the range or set degrade_snr=True (config "
+            f"'64-degraded') to add noise to brighter galaxies")
+
+
+def catalog_row(cat: dict, r: int) -> dict:
+    """Row ``r`` of a :func:`read_catalog` table as a dict of Python scalars (``row`` holds
+    ``r``), the input of :meth:`GalaxyStampReader.example`."""
+    return {"row": int(r), "IDENT": int(cat["IDENT"][r]),
+            "GAL_FILENAME": str(cat["GAL_FILENAME"][r]), "GAL_HDU": int(cat["GAL_HDU"][r]),
+            "PSF_FILENAME": str(cat["PSF_FILENAME"][r]), "PSF_HDU": int(cat["PSF_HDU"][r]),
+            "PIXEL_SCALE": float(cat["PIXEL_SCALE"][r]),
+            "NOISE_VARIANCE": float(cat["NOISE_VARIANCE"][r]), "MAG": float(cat["MAG"][r])}
+
+
+class GalaxyStampReader:
+    """Turns catalog rows (:func:`catalog_row`) into examples, keeping the FITS files of
+    ``directory`` open (memory-mapped) and the last processed PSF; a context manager
+    that closes the files. One per process (or Beam worker); not thread-safe."""
+
+    def __init__(self, directory, config: CosmosGalaxiesConfig):
+        self.directory = os.fspath(directory)
+        self.config = config
+        self._files = {}
+        self._psf_cache = {}
+
+    def _hdu_data(self, name, hdu):
+        from astropy.io import fits
+
+        if name not in self._files:
+            self._files[name] = fits.open(os.path.join(self.directory, name), memmap=True)
+        return np.asarray(self._files[name][int(hdu)].data)
+
+    def example(self, row: dict):
+        """``(key, example)`` of one catalog row, or ``(None, reason)`` if it is skipped
+        (S/N outside the range: reason ``"S/N outside the range"``). The key is
+        ``f"{IDENT}_{row}"``; the padding/degradation noise is seeded by
+        ``(config.seed, IDENT)``, so the example does not depend on the other rows."""
+        cfg = self.config
+        ident = int(row["IDENT"])
+        p_in = float(row["PIXEL_SCALE"])
+        if not (math.isfinite(p_in) and p_in > 0):
+            p_in = cfg.pixel_scale
+        rng = np.random.default_rng([cfg.seed, ident & ((1 << 63) - 1)])
+        ex, why = process_galaxy(self._hdu_data(row["GAL_FILENAME"], row["GAL_HDU"]), p_in,
+                                 float(row["NOISE_VARIANCE"]), cfg, rng)
+        if ex is None:
+            return None, ("S/N outside the range" if why.startswith("S/N") else why)
+        key = (row["PSF_FILENAME"], int(row["PSF_HDU"]), p_in)
+        if key not in self._psf_cache:
+            self._psf_cache.clear()  # PSFs are per galaxy in COSMOS: keep the cache small
+            self._psf_cache[key] = process_psf(self._hdu_data(key[0], key[1]), p_in,
+                                               cfg.pixel_scale, cfg.psf_size)
+        ex["psf"] = self._psf_cache[key]
+        ex["id"] = np.int64(ident)
+        ex["mag"] = np.float32(row["MAG"])
+        return f"{ident}_{int(row['row'])}", ex
+
+    def close(self):
+        """Close the open FITS files."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

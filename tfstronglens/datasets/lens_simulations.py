@@ -10,6 +10,13 @@ and the ``subhalos`` (``mass``, ``center_x``, ``center_y`` ``[n_max]`` float32 a
 the true source, pixel scale in the metadata's ``source_pixel_scale``). Every split has a fixed generator seed
 (train 1, validation 2, test 3), so a build is reproducible; the split sizes are those of
 the config. See ``datasets/lens_simulations/README.md`` for the recipe.
+
+With Apache Beam (a ``DownloadConfig`` with ``beam_runner`` or ``beam_options``, e.g.
+``tfds build ... --beam_pipeline_options=runner=DirectRunner``) the batches are drawn by
+the Beam workers; the records are the same as those of the plain build, since every
+example depends only on the config, the split and its index (:func:`batch_examples`).
+``hst_acs_f814w-none-64-1m`` (10^6 images) is meant for that; see
+``datasets/lens_simulations/BEAM.md``.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import tensorflow_datasets as tfds
 
 from ..observation import get_instrument
 from ..simulation import LensDatasetGenerator, LensSimulationConfig
+from ._builder import BeamSwitch
 
-__all__ = ["LensSimulations", "LensSimulationsConfig", "SPLIT_SEEDS", "build", "feature_name"]
+__all__ = ["LensSimulations", "LensSimulationsConfig", "SPLIT_SEEDS", "batch_examples",
+           "build", "feature_name", "num_batches", "pipeline_options_from_flags"]
 
 #: Generator seed of each split.
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
@@ -79,9 +88,42 @@ _CONFIGS += [_make_config("hst_acs_f814w", "none", 64, name=f"hst_acs_f814w-{src
 _CONFIGS.append(_make_config("hst_acs_f814w", "cdm", 32, name="hst_acs_f814w-cdm-32-tiny",
                              num_train=8, num_validation=4, num_test=4, batch_size=4,
                              simulation={"supersample": 1, "n_max": 8}))
+# A 10^6-image build of the default config's simulation, meant for a Beam runner
+# (datasets/lens_simulations/BEAM.md)
+_CONFIGS.append(_make_config("hst_acs_f814w", "none", 64, name="hst_acs_f814w-none-64-1m",
+                             num_train=980_000, num_validation=10_000, num_test=10_000))
 
 
-class LensSimulations(tfds.core.GeneratorBasedBuilder):
+def num_batches(num_examples: int, batch_size: int) -> int:
+    """Batches of ``batch_size`` that hold ``num_examples`` examples (the last one partly)."""
+    return -(-int(num_examples) // int(batch_size))
+
+
+def batch_examples(out: dict, split: str, k: int, batch_size: int, num_examples: int):
+    """Yield the ``(key, example)`` pairs of batch ``k`` of a split.
+
+    ``out`` is :meth:`LensDatasetGenerator.generate` ``(k, batch_size)`` of the split's
+    generator (seed :data:`SPLIT_SEEDS` ``[split]``). Example ``i = k * batch_size + j`` is
+    row ``j`` of that batch, keyed ``f"{split}_{i:07d}"``; rows past ``num_examples`` (in
+    the last batch) are dropped. Batch ``k`` is drawn with the stateless seed
+    ``[split seed, k]``, so an example depends only on the config (its ``batch_size``
+    included), the split and its index ``i``: not on which batches were drawn before, by
+    which worker or in which order (the plain and the Beam builds write the same records).
+    """
+    for j in range(min(batch_size, num_examples - k * batch_size)):
+        i = k * batch_size + j
+        yield f"{split}_{i:07d}", {
+            "image": out["image"][j, :, :, None].astype(np.float32),
+            "model": out["model"][j].astype(np.float32),
+            "truths": {feature_name(name): np.float32(v[j])
+                       for name, v in out["truths"].items()},
+            "subhalos": {name: v[j] for name, v in out["subhalos"].items()},
+            **({"source_image": out["source_image"][j].astype(np.float32)}
+               if "source_image" in out else {}),
+        }
+
+
+class LensSimulations(BeamSwitch, tfds.core.GeneratorBasedBuilder):
     """Simulated galaxy-galaxy strong lenses (see the module docs)."""
 
     VERSION = tfds.core.Version("1.1.0")
@@ -142,29 +184,58 @@ class LensSimulations(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split, n) for split, n in sizes.items() if n > 0}
 
     def _generate_examples(self, split: str, num_examples: int):
+        """The examples of ``split`` (see :func:`batch_examples`): a generator, or with an
+        Apache Beam build (:attr:`use_beam`) a ``beam.PTransform`` that draws the batches
+        on the workers (:class:`tfstronglens.datasets._beam.LensSimulationExamples`)."""
+        cfg = self.builder_config
+        if self.use_beam:
+            from ._beam import LensSimulationExamples
+
+            return LensSimulationExamples(cfg.simulation, SPLIT_SEEDS[split], split,
+                                          cfg.batch_size, num_examples)
+        return self._iter_examples(split, num_examples)
+
+    def _iter_examples(self, split: str, num_examples: int):
         gen = self._generator(SPLIT_SEEDS[split])
         bs = self.builder_config.batch_size
         # the next batch is generated in a background thread while this one is serialised
-        for k, out in enumerate(gen.iter_batches(bs, -(-num_examples // bs))):
-            for j in range(min(bs, num_examples - k * bs)):
-                i = k * bs + j
-                yield f"{split}_{i:07d}", {
-                    "image": out["image"][j, :, :, None].astype(np.float32),
-                    "model": out["model"][j].astype(np.float32),
-                    "truths": {feature_name(name): np.float32(v[j])
-                               for name, v in out["truths"].items()},
-                    "subhalos": {name: v[j] for name, v in out["subhalos"].items()},
-                    **({"source_image": out["source_image"][j].astype(np.float32)}
-                       if "source_image" in out else {}),
-                }
+        for k, out in enumerate(gen.iter_batches(bs, num_batches(num_examples, bs))):
+            yield from batch_examples(out, split, k, bs, num_examples)
 
 
-def build(config_name: str, data_dir=None) -> "LensSimulations":
-    """Build (download_and_prepare) ``lens_simulations/<config_name>`` into ``data_dir``."""
+def pipeline_options_from_flags(options):
+    """Apache Beam ``PipelineOptions`` from flags as ``tfds build --beam_pipeline_options``
+    takes them: a comma-separated string ``"runner=DirectRunner,direct_num_workers=2"``
+    (each item gets a leading ``--``) or a list of ``"--flag=value"`` strings."""
+    if isinstance(options, str):
+        flags = [f"--{o.strip()}" for o in options.split(",") if o.strip()]
+    elif isinstance(options, (list, tuple)) and all(isinstance(o, str) for o in options):
+        flags = list(options)
+    else:
+        raise ValueError("beam_pipeline_options must be a comma-separated string or a list "
+                         f"of '--flag=value' strings, got {options!r}")
+    if not flags:
+        raise ValueError(f"beam_pipeline_options is empty: {options!r}")
+    from tensorflow_datasets.core.utils.lazy_imports_utils import apache_beam as beam
+
+    return beam.options.pipeline_options.PipelineOptions(flags=flags)
+
+
+def build(config_name: str, data_dir=None, beam_pipeline_options=None) -> "LensSimulations":
+    """Build (download_and_prepare) ``lens_simulations/<config_name>`` into ``data_dir``.
+
+    ``beam_pipeline_options``: ``None`` (a plain single-process build) or Apache Beam
+    pipeline flags (see :func:`pipeline_options_from_flags`), e.g.
+    ``"runner=DirectRunner,direct_num_workers=2"``; the examples are then drawn by the Beam
+    workers (the same records).
+    """
     names = [c.name for c in _CONFIGS]
     if config_name not in names:
         raise ValueError(f"unknown config {config_name!r}; known: {names}")
+    download_config = None
+    if beam_pipeline_options is not None:
+        download_config = tfds.download.DownloadConfig(
+            beam_options=pipeline_options_from_flags(beam_pipeline_options))
     builder = LensSimulations(config=config_name, data_dir=data_dir)
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_config=download_config)
     return builder
-
