@@ -244,3 +244,118 @@ def test_bad_config():
         layer(np.zeros((2, NS, NS, 3), "float32"), np.zeros((2, 9), "float32"))
     with pytest.raises(ValueError, match="lens_params"):
         layer(src)
+
+
+# ------------------------------------------------------- artifacts in a fresh process
+# A process that never imports tfstronglens: the SavedModel must be standalone and keep
+# its gradients; a .keras file must fail with an error naming the fix. One subprocess
+# serves both tests (TensorFlow starts once).
+_FRESH_PROCESS = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+import keras
+
+d = np.load(sys.argv[1])
+out = {}
+loaded = tf.saved_model.load(sys.argv[2])
+src, params = tf.constant(d["src"]), tf.constant(d["params"])
+with tf.GradientTape() as tape:
+    tape.watch([src, params])
+    loss = tf.reduce_sum(loaded.serve([src, params]) ** 2)
+g_src, g_params = tape.gradient(loss, [src, params])
+out["image"] = loaded.serve([src, params]).numpy().tolist()
+out["g_params"] = g_params.numpy().tolist()
+out["g_src"] = g_src.numpy().tolist()
+out["imported_after_savedmodel"] = "tfstronglens" in sys.modules
+try:
+    keras.saving.load_model(sys.argv[3])
+    out["keras_error"] = None
+except Exception as exc:
+    out["keras_error"] = f"{type(exc).__name__}: {exc}"
+out["imported_after_keras"] = "tfstronglens" in sys.modules
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_process(tmp_path_factory):
+    import json
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("fresh")
+    rng = np.random.default_rng(7)
+    # SIS + shear with a PSF and sub-pixels: the shear, PSF-adjoint and XLA-barrier
+    # custom gradients are all in the graph (SIE would only make XLA compile longer)
+    layer = LensingLayer(**dict(CFG, lens_models=["SIS", "SHEAR"]))
+    P = len(layer.param_names)
+    si, pi = keras.Input((NS, NS)), keras.Input((P,))
+    # a trainable identity in front of the layer, so that fit() has something to train
+    tuned = keras.layers.Dense(P, kernel_initializer="identity", name="tune")(pi)
+    model = keras.Model([si, pi], layer(si, tuned))
+    src = rng.uniform(0, 1, (2, NS, NS)).astype("float32")
+    params = layer.pack_params([dict(theta_E=[0.5, 0.45], center_x=0.02),
+                                dict(gamma1=[0.03, 0.0], gamma2=-0.01)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=True)
+    target = model([src, params]).numpy() * 1.01
+    model.fit([src, params], target, batch_size=2, epochs=1, verbose=0)
+    assert not np.array_equal(model.get_layer("tune").get_weights()[0], np.eye(P))  # trained
+    model.export(str(tmp / "exported"), verbose=False)
+    model.save(str(tmp / "model.keras"))
+    s, p = tf.constant(src), tf.constant(params)
+    with tf.GradientTape() as tape:
+        tape.watch([s, p])
+        loss = tf.reduce_sum(model([s, p]) ** 2)
+    g_src, g_params = tape.gradient(loss, [s, p])
+    np.savez(tmp / "inputs.npz", src=src, params=params)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # the checkout is importable (as after `pip install`), but nothing imports it
+    env["PYTHONPATH"] = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(tmp / "inputs.npz"),
+                           str(tmp / "exported"), str(tmp / "model.keras")],
+                          capture_output=True, text=True, env=env, cwd=str(tmp), timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT"):])
+    return dict(out=out, image=model([s, p]).numpy(), g_src=g_src.numpy(),
+                g_params=g_params.numpy())
+
+
+def test_exported_model_keeps_gradients(fresh_process):
+    """model.fit(jit_compile=True) then model.export(): tf.GradientTape through the
+    SavedModel, in a process without tfstronglens, gives the original's gradients."""
+    out = fresh_process["out"]
+    assert not out["imported_after_savedmodel"]
+    np.testing.assert_allclose(out["image"], fresh_process["image"], rtol=1e-5, atol=1e-7)
+    g, ref = np.asarray(out["g_params"]), fresh_process["g_params"]
+    assert g.shape == (2, 7) and np.all(np.isfinite(g))
+    assert np.abs(ref).min() > 0  # every lens parameter (SIS + shear, 7 columns) matters
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    g_src = np.asarray(out["g_src"])
+    np.testing.assert_allclose(g_src, fresh_process["g_src"], rtol=1e-4,
+                               atol=1e-5 * np.abs(g_src).max())
+
+
+def test_keras_file_without_import_names_the_fix(fresh_process):
+    """Keras 3 imports no third-party module when loading: without `import tfstronglens`
+    the .keras file cannot load, and the error says what to import (with the import it
+    loads: test_config_roundtrip_and_keras_file)."""
+    out = fresh_process["out"]
+    err = out["keras_error"]
+    assert err is not None and "LensingLayer" in err, err
+    assert "import tfstronglens" in err, err
+    assert not out["imported_after_keras"]
+
+
+def test_config_load_requires_is_not_an_argument():
+    layer = LensingLayer(**CFG)
+    cfg = layer.get_config()
+    assert "import tfstronglens" in cfg["load_requires"]
+    again = LensingLayer.from_config(cfg)  # the note is dropped, not passed to __init__
+    assert again.get_config() == cfg
+    old = {k: v for k, v in cfg.items() if k != "load_requires"}  # files written before it
+    assert LensingLayer.from_config(old).get_config() == cfg
+    with pytest.raises(ValueError, match="load_requires"):
+        LensingLayer(**CFG, load_requires="x")

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(__file__), "..", "notebooks")
@@ -87,11 +88,75 @@ def test_notebook_is_clean(path):
     assert "pip" in first and "install" in first, "the first code cell must install the package"
 
 
+def _check_06_fit_a_lens_with_hmc(ns):
+    """The HMC fit lands in the truth's mode and its posterior covers the truth."""
+    fit, truth = ns["fit"], ns["TRUTH"]
+    assert fit.method == "hmc" and fit.samples.shape == (80, 8, 11)
+    assert max(abs(p) for p in ns["pulls"].values()) < 4.0, ns["pulls"]
+    assert abs(fit.summary["lens.0.theta_E"]["mean"] - truth["lens.0.theta_E"]) < 0.01
+    # ArviZ's table has the diagnostics the notebook shows; tiny chains, so loose bounds
+    summary = ns["summary"]
+    assert set(summary.index) == set(fit.param_names)
+    assert summary["r_hat"].max() < 1.2 and summary["ess_bulk"].min() > 50
+
+
+def _check_07_subhalo_detection(ns):
+    """The subhalo is detected at its position with its mass; the map peaks there."""
+    det = ns["det"]
+    assert det.significance_sigma > 5.0, det
+    assert ns["offset"] < 0.1, det  # arcsec: two pixels
+    assert 3e9 < det.mass < 3e10, det
+    x, y = ns["map_peak"]
+    assert np.hypot(x + 0.55, y - 0.45) < 0.2, ns["map_peak"]
+    assert ns["gain"].max() > 25.0  # the map's peak is a detection too (TS > 50)
+
+
+def _check_08_keras_training_and_savedmodel(ns):
+    """Training recovers the lens; the SavedModel serves (with gradients) without
+    tfstronglens in the serving process."""
+    fitted, truth, names = ns["fitted"], ns["truth"], ns["lens"].param_names
+    assert abs(fitted[names.index("lens.0.theta_E")] - truth[0]) < 0.02, fitted
+    assert np.all(np.abs(fitted - truth) < 0.015), (fitted, truth)
+    assert ns["history"].history["val_loss"][-1] < 3.0 * ns["noise_mse"]
+    assert ns["served"]["tfstronglens_imported"] is False
+    assert ns["image_error"] < 1e-4 and ns["gradient_error"] < 1e-4
+    assert np.abs(ns["served_gradient"]).max() > 0
+
+
+# notebook file name -> checks of what it computed (a notebook without an entry is only run)
+NOTEBOOK_CHECKS = {
+    "06_fit_a_lens_with_hmc.ipynb": _check_06_fit_a_lens_with_hmc,
+    "07_subhalo_detection.ipynb": _check_07_subhalo_detection,
+    "08_keras_training_and_savedmodel.ipynb": _check_08_keras_training_and_savedmodel,
+}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
 def test_notebook_runs(path, monkeypatch):
     monkeypatch.chdir(NOTEBOOK_DIR)
     ns = run_notebook(path)
     assert ns, "the notebook defined nothing"
+    check = NOTEBOOK_CHECKS.get(os.path.basename(path))
+    if check is not None:
+        check(ns)
+
+
+def test_notebook_checks_name_existing_notebooks():
+    names = {os.path.basename(p) for p in NOTEBOOKS}
+    assert set(NOTEBOOK_CHECKS) <= names, set(NOTEBOOK_CHECKS) - names
+
+
+def test_notebook_checks_reject_wrong_results():
+    from types import SimpleNamespace
+
+    det = SimpleNamespace(significance_sigma=9.0, mass=1e10)
+    good = dict(det=det, offset=0.05, map_peak=(-0.56, 0.40), gain=np.array([50.0]))
+    _check_07_subhalo_detection(good)
+    for bad in (dict(offset=0.3), dict(map_peak=(0.5, -0.5)), dict(gain=np.array([3.0])),
+                dict(det=SimpleNamespace(significance_sigma=2.0, mass=1e10)),
+                dict(det=SimpleNamespace(significance_sigma=9.0, mass=1e8))):
+        with pytest.raises(AssertionError):
+            _check_07_subhalo_detection({**good, **bad})
 
 
 def _write_nb(tmp_path, sources):

@@ -17,6 +17,11 @@ from .simulator import Simulator
 
 __all__ = ["LensingLayer"]
 
+#: What a process must run before ``keras.saving.load_model`` reads a ``.keras`` file
+#: holding a :class:`LensingLayer` (written into the layer's config; see its docstring).
+LOAD_REQUIRES = ("import tfstronglens (Keras 3 imports no third-party module when "
+                 "loading a .keras file)")
+
 
 def _check_int(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -70,6 +75,26 @@ class LensingLayer(keras.layers.Layer):
     runs under XLA (``model.compile(jit_compile=True)``), serializes with
     ``get_config``/``from_config`` (``.keras`` files) and exports with
     ``model.export(path)`` to a TF SavedModel.
+
+    #### Saving and loading
+
+    * ``model.export(path)``: the SavedModel is standalone (``tf.saved_model.load`` in a
+      process that never imports tfstronglens) and keeps the layer's first derivatives:
+      the hand-written gradients (shear, PSF adjoint, XLA barriers) are written into it
+      (``tf.saved_model.SaveOptions(experimental_custom_gradients=True)``, TensorFlow's
+      default, which ``model.export`` uses), so ``tf.GradientTape`` through
+      ``loaded.serve`` gives the original model's gradients. With a PSF, loading logs
+      "Importing a function (...internal_grad_fn...) with ops with unsaved custom
+      gradients": that concerns the gradient *of* a gradient (the PSF adjoint is itself
+      a custom-gradient op). Second derivatives (Hessians) are not supported by the
+      layer, before or after export: the XLA barrier of the rendering has no gradient.
+    * ``.keras`` files: Keras 3 imports no third-party module while loading (only
+      ``keras*`` modules, a safety rule), so ``keras.saving.load_model`` finds
+      ``LensingLayer`` only after ``import tfstronglens`` (or ``tfstronglens.layers``)
+      in that process: the import registers the class. The layer's config carries that
+      instruction (``"load_requires"``, ignored by :meth:`from_config`) so that Keras's
+      "Could not locate class 'LensingLayer'" error, which prints the config, names the
+      fix.
 
     Args:
       num_pix: image pixels per side.
@@ -241,9 +266,13 @@ class LensingLayer(keras.layers.Layer):
             "supersample": self.supersample,
             "psf_fwhm": self.psf_fwhm,
             "source_interpolation": self.source_interpolation,
+            # not an argument: read by a person when Keras cannot find the class
+            "load_requires": LOAD_REQUIRES,
         })
         return config
 
     @classmethod
     def from_config(cls, config):
-        return super().from_config(dict(config))
+        config = dict(config)
+        config.pop("load_requires", None)
+        return super().from_config(config)
