@@ -61,6 +61,7 @@ import time
 
 import numpy as np
 
+from .beam_runner import is_direct_runner
 from .cli import _UserError, _positive_int, _seed
 
 __all__ = ["add_parsers", "LensEntry", "read_lens_catalog", "lens_is_finished",
@@ -528,13 +529,6 @@ def _beam():
     return apache_beam
 
 
-_DIRECT = ("directrunner", "direct", "apache_beam.runners.direct.direct_runner.directrunner")
-
-
-def _is_direct(runner: str) -> bool:
-    return runner.lower() in _DIRECT
-
-
 def _check_runner(runner: str):
     """Refuse a runner name Beam does not know, or one whose extra is not installed."""
     from apache_beam.options.pipeline_options import StandardOptions
@@ -564,7 +558,7 @@ def _pipeline_options(runner: str, num_workers: int, beam_options: str | None):
     except ValueError as exc:
         raise _UserError(f"--beam-options {beam_options!r}: {exc}") from None
     kwargs = dict(runner=runner, default_sdk_harness_log_level="WARNING")
-    if _is_direct(runner):
+    if is_direct_runner(runner):
         kwargs.update(direct_num_workers=num_workers,
                       direct_running_mode="multi_processing" if num_workers > 1
                       else "in_memory")
@@ -616,7 +610,7 @@ def run_fit_many(entries, options: dict, out: str, *, overwrite: bool = False,
         from .cli_fit_many_beam import fit_many_pipeline
 
         threads = None
-        if _is_direct(runner) and num_workers > 1:
+        if is_direct_runner(runner) and num_workers > 1:
             threads = max(1, (os.cpu_count() or 1) // num_workers)
         pipeline = fit_many_pipeline(
             lens_list, options, out, overwrite=overwrite,
@@ -773,7 +767,7 @@ def _fit_many(args) -> int:
     beam = _beam()
     use_beam = beam is not None
     if beam is None:
-        if args.num_workers > 1 or not _is_direct(args.runner):
+        if args.num_workers > 1 or not is_direct_runner(args.runner):
             raise _UserError(f"--runner {args.runner} --num-workers {args.num_workers} needs "
                              f"Apache Beam, which is not installed: {_INSTALL}")
         print(f"tfstronglens fit-many: Apache Beam is not installed ({_INSTALL}): fitting "

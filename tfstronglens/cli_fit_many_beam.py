@@ -19,7 +19,9 @@ step is a module-level function or class, so that any runner can pickle it by re
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 
+from .beam_runner import is_direct_runner, local_runner
 from .cli_fit_many import LensEntry, LensFitter, write_summary_table
 
 __all__ = ["FitLensDoFn", "fit_many_pipeline"]
@@ -69,7 +71,11 @@ def fit_many_pipeline(lens_list: str, options: dict, out: str, *, overwrite: boo
     :meth:`LensEntry.to_json` per line) into ``out`` and writes ``out/summary.ecsv`` (see
     the module docs); ``pipeline_options``: Beam's ``PipelineOptions`` (runner,
     workers); ``threads``, ``lenses_per_process``: see :class:`FitLensDoFn`."""
-    p = beam.Pipeline(options=pipeline_options)
+    runner = None  # Beam's DirectRunner, without its Prism download (beam_runner docs)
+    if pipeline_options is None or is_direct_runner(
+            pipeline_options.view_as(StandardOptions).runner):
+        runner = local_runner()
+    p = beam.Pipeline(runner=runner, options=pipeline_options)
     _ = (p
          | "lenses" >> beam.io.ReadFromText(lens_list)
          | "parse" >> beam.Map(LensEntry.from_json)

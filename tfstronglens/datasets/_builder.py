@@ -5,11 +5,14 @@ TFDS builds a split with Apache Beam when ``_generate_examples`` returns a
 was asked to use Beam, i.e. when the ``tfds.download.DownloadConfig`` carries a
 ``beam_runner`` or ``beam_options`` (``tfds build ... --beam_pipeline_options=...`` sets
 ``beam_options``); otherwise they keep the plain single-process generator, which needs no
-``apache_beam``.
+``apache_beam``. A Beam build whose options ask for the ``DirectRunner`` (or no runner)
+runs on :func:`tfstronglens.beam_runner.local_runner`, which never downloads Beam's Prism
+runner.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 __all__ = ["BeamSwitch", "beam_requested"]
@@ -22,6 +25,22 @@ def beam_requested(download_config) -> bool:
         return False
     return (getattr(download_config, "beam_runner", None) is not None
             or getattr(download_config, "beam_options", None) is not None)
+
+
+def _offline_direct_runner(download_config):
+    """``download_config`` with ``beam_runner=local_runner()`` when it asks for the
+    ``DirectRunner`` (its options' runner, or none), else unchanged."""
+    from ..beam_runner import is_direct_runner, local_runner
+
+    if download_config.beam_runner is not None:
+        return download_config
+    options = download_config.beam_options
+    if options is not None:
+        from apache_beam.options.pipeline_options import StandardOptions
+
+        if not is_direct_runner(options.view_as(StandardOptions).runner):
+            return download_config
+    return dataclasses.replace(download_config, beam_runner=local_runner())
 
 
 class BeamSwitch:
@@ -47,6 +66,7 @@ class BeamSwitch:
                     "download_config asks for an Apache Beam build (beam_runner/beam_options "
                     "set) but apache_beam is not installed: pip install 'tfstronglens[beam]'"
                 ) from None
+            download_config = _offline_direct_runner(download_config)
         try:
             return super()._download_and_prepare(dl_manager, download_config)
         finally:
