@@ -122,6 +122,12 @@ def add_fit_options(p):
     and the inference settings, with ``fit``'s defaults. ``fit-many`` takes the same
     options, so that its lenses are fitted as ``fit`` fits one."""
     add_image_options(p)
+    p.add_argument("--flip-y", action="store_true",
+                   help="the file's arrays (image, PSF, noise map) are stored upside down, "
+                        "row 0 at +y (the top; PyAutoLens writes them so): reverse their "
+                        "rows. Without it the FITS standard is assumed: the first row is the "
+                        "bottom of the image, y increasing upward. A WCS in the header is "
+                        "taken to describe the array as stored")
     add_model_args(p)
     p.add_argument("--subhalos", type=_non_negative, default=0, metavar="N",
                    help="number of candidate TNFW subhalos; with N >= 1 the one-subhalo "
@@ -144,8 +150,14 @@ def add_parsers(sub):
                     "converge, also printed at the end; with --subhalos the "
                     "subhalo_detection statistic), DIR/samples.npz (and samples.nc for "
                     "ArviZ when installed), DIR/fit.png and DIR/corner.png. Pixel (row, "
-                    "column) = (y, x), pixel centres symmetric about 0; the image is in "
-                    "e-/s per pixel.",
+                    "column) = (y, x), pixel centres symmetric about 0, row 0 at the "
+                    "bottom (-y; the FITS standard, see --flip-y); angles such as "
+                    "phi = atan2(e2, e1)/2 run from +x towards +y; the image is in "
+                    "e-/s per pixel. When the header has a celestial WCS, summary.json also "
+                    "has a 'sky' section (and the printed summary a few lines): RA, Dec "
+                    "and offsets east/north of the image centre of the lens, source and "
+                    "subhalo centres, and position angles east of north of the "
+                    "ellipticities and the shear, from the posterior draws.",
     )
     fit.add_argument("image", metavar="IMAGE.fits", help="the lens image (square)")
     add_fit_options(fit)
@@ -308,6 +320,8 @@ def build_model_from_args(args, batch_size: int, *, log=None):
     from .inference import build_model
 
     obs_img = load_image_args(args)
+    if getattr(args, "flip_y", False):
+        obs_img = obs_img.flipped()
     # (build_model scales the amplitude priors to the brightest pixels)
     peak = float(np.percentile(obs_img.data, 99.5))
     if not peak > 0:
@@ -470,14 +484,50 @@ def _run_fit(args, model, obs_img, spec, fit_kwargs, log):
                 "source_init": args.source_init,
                 "subhalos": args.subhalos, "z_lens": args.z_lens or 0.5,
                 "z_source": args.z_source or 2.0,
-                "pixel_scale": obs.pixel_scale, "notes": obs_img.notes}
-    paths = write_fit_outputs(result, args.out, overwrite=True, extra_settings=settings)
+                "pixel_scale": obs.pixel_scale, "flip_y": obs_img.flip_y,
+                "notes": obs_img.notes}
+    truths = _header_truths(obs_img.header, model)
+    if truths:
+        print(f"tfstronglens {args.command}: the header records the true values of "
+              f"{len(truths)} parameters (a simulated image): written to summary.json and "
+              "marked in corner.png", file=log)
+    frame = obs_img.sky_frame()
+    sky = None
+    if frame is not None:
+        from .io.sky import sky_summary
+
+        sky = sky_summary(frame, result.param_names, result.samples, result.best_fit)
+    paths = write_fit_outputs(result, args.out, overwrite=True, extra_settings=settings,
+                              truths=truths or None, sky=sky)
     return result, paths
+
+
+def _header_truths(header, model) -> dict:
+    """The true parameter values in the header of a simulated image
+    (:func:`~tfstronglens.io.fits.truths_from_header`) for the components of ``model``."""
+    from .io.fits import truths_from_header
+
+    profiles = {f"lens.{i}": c.profile for i, c in enumerate(model.lens_components)}
+    profiles.update({f"lens_light.{i}": c.profile
+                     for i, c in enumerate(model.lens_light_components)})
+    profiles.update({f"source.{i}": p.name for i, p in enumerate(model.source_profiles)})
+    return truths_from_header(header, model.param_names, profiles)
+
+
+def _print_sky(summary_path):
+    """Print the ``sky`` section of a fit's ``summary.json``, if it has one."""
+    from .io.sky import format_sky_summary
+
+    with open(summary_path) as fh:
+        sky = json.load(fh).get("sky")
+    if sky:
+        print(format_sky_summary(sky))
 
 
 def _fit(args) -> int:
     result, paths = fit_image(args)
     _print_summary(result)
+    _print_sky(paths["summary"])
     if result.detection is not None:
         det = result.detection
         print(f"subhalo detection: delta log L = {det.delta_log_likelihood:.2f}, "

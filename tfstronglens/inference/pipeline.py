@@ -553,7 +553,7 @@ def _source_image(model: LensModel, params: dict, n: int = 100):
 
 
 def _summary_json(result: FitResult, extra_settings: dict | None = None,
-                  truths: dict | None = None) -> dict:
+                  truths: dict | None = None, sky: dict | None = None) -> dict:
     """The content of ``summary.json`` (see :func:`write_fit_outputs`), JSON-ready:
     non-finite numbers are None."""
     model = result.model
@@ -591,11 +591,14 @@ def _summary_json(result: FitResult, extra_settings: dict | None = None,
         summary["subhalo_detection"] = detection_summary(result.detection)
     if truths:
         summary["truths"] = {k: float(v) for k, v in truths.items()}
+    if sky:
+        summary["sky"] = sky
     return _json_safe(summary)
 
 
 def write_fit_outputs(result: FitResult, out_dir, overwrite: bool = False,
-                      extra_settings: dict | None = None, truths: dict | None = None) -> dict:
+                      extra_settings: dict | None = None, truths: dict | None = None,
+                      sky: dict | None = None) -> dict:
     """Write the files of a fit into ``out_dir`` (which must exist).
 
     * ``summary.json``: ``problems`` (:attr:`FitResult.problems`: why the HMC draws did
@@ -605,7 +608,9 @@ def write_fit_outputs(result: FitResult, out_dir, overwrite: bool = False,
       ``timings`` (seconds), ``sampler`` (HMC: ``converged``, i.e. no problems,
       acceptance, divergences, step sizes, the largest R-hat, null when any is NaN, and
       the smallest bulk ESS), ``subhalo_detection`` (when run; see
-      :func:`detection_summary`), ``truths`` when given;
+      :func:`detection_summary`), ``truths`` when given, ``sky`` when given (the sky
+      positions and position angles of an image with a WCS:
+      :func:`~tfstronglens.io.sky.sky_summary`);
     * ``samples.npz`` (constrained draws ``[draws, chains]`` per parameter name, HMC
       statistics as ``sample_stats/<name>``) and ``samples.nc`` (ArviZ netCDF, when ArviZ
       is installed);
@@ -620,7 +625,7 @@ def write_fit_outputs(result: FitResult, out_dir, overwrite: bool = False,
     out_dir = os.fspath(out_dir)
     paths = {}
     model = result.model
-    summary = _summary_json(result, extra_settings, truths)
+    summary = _summary_json(result, extra_settings, truths, sky)
     path = os.path.join(out_dir, "summary.json")
     with atomic_output(path, overwrite=overwrite) as tmp:
         with open(tmp, "w") as fh:

@@ -19,7 +19,8 @@ Truth parameters
 ``{KIND}{index}_{PARAM}`` in upper case (``LENS0_THETA_E``, ``SOURCE0_R_SERSIC``,
 ``LENS_LIGHT0_N_SERSIC``) plus ``{KIND}{index}_MODEL`` with the profile name;
 :func:`params_from_header` reads them back into parameter dicts for a simulator with the
-same components.
+same components, and :func:`truths_from_header` into the flat names of a fitted model
+(``lens.0.theta_E``), so that ``fit`` can mark the truths of a simulated image.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ._atomic import atomic_output
 
-__all__ = ["write_fits", "read_fits", "params_to_header", "params_from_header"]
+__all__ = ["write_fits", "read_fits", "params_to_header", "params_from_header",
+           "truths_from_header"]
 
 _KINDS = ("lens", "source", "lens_light")
 _STANDARD_KEY = re.compile(r"^[A-Z0-9_-]{1,8}$")
@@ -280,7 +282,12 @@ def read_fits(path, hdu=None):
     Returns:
       ``(image, header)``: a numpy array in native byte order (dtype as stored, or float
       when ``BSCALE``/``BZERO`` scaling applies) and a copy of the HDU's
-      ``astropy.io.fits.Header``.
+      ``astropy.io.fits.Header``. The rows are in the file's order: ``image[0]`` is the
+      first row stored, which the FITS standard puts at the bottom of the image (pixel
+      coordinate ``Y = 1``, ``Y`` growing upward), and the package's images follow it
+      (row 0 at ``-y``, :class:`~tfstronglens.PixelGrid`). Arrays written the other way
+      up (row 0 at ``+y``, as PyAutoLens writes them) are reversed by
+      :func:`~tfstronglens.io.load_lens_image`'s ``flip_y`` (``fit --flip-y``), not here.
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
@@ -421,4 +428,41 @@ def params_from_header(header, simulator) -> dict:
                                      f"{kind}[{i}].{pname}")
             plist.append(params)
         out[kind] = plist
+    return out
+
+
+def truths_from_header(header, param_names, profiles) -> dict:
+    """The true values that :func:`params_to_header` recorded for a model's parameters.
+
+    Args:
+      header: an ``astropy.io.fits.Header`` (or a mapping with the upper-case keys).
+      param_names: flat parameter names ``{kind}.{i}.{param}`` (``lens.0.theta_E``,
+        ``source.0.center_x``, ``lens_light.0.R_sersic``); others (``subhalo.*``,
+        ``source.z.*``) are skipped.
+      profiles: ``{"{kind}.{i}": profile name}`` of the model's components (``{"lens.0":
+        "SIE", "lens.1": "SHEAR", "source.0": "SERSIC_ELLIPSE"}``).
+
+    Returns:
+      ``{name: value}`` for each name whose card ``{KIND}{i}_{PARAM}`` is in ``header``
+      and whose component's ``{KIND}{i}_MODEL`` card names the same profile (case
+      ignored). A component without that card, or with another profile, gives nothing:
+      the header describes another model. Empty when nothing matches.
+    """
+    out = {}
+    for name in param_names:
+        bits = str(name).split(".")
+        if len(bits) != 3 or bits[0] not in _KINDS or not bits[1].isdigit():
+            continue
+        component = f"{bits[0]}.{bits[1]}"
+        prefix = f"{bits[0]}{bits[1]}".upper()
+        recorded = header.get(f"{prefix}_MODEL")
+        wanted = profiles.get(component)
+        if recorded is None or wanted is None or str(recorded).upper() != str(wanted).upper():
+            continue
+        key = f"{prefix}_{bits[2]}".upper()
+        if key in header:
+            value = header[key]
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                    and math.isfinite(float(value)):
+                out[str(name)] = float(value)
     return out

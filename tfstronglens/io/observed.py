@@ -1,4 +1,13 @@
-"""Read an observed lens image (and its PSF and noise) from FITS into an Observation."""
+"""Read an observed lens image (and its PSF and noise) from FITS into an Observation.
+
+Orientation: pixel ``(row i, column j)`` of the array is at ``(x, y) = ((j - (N-1)/2) s,
+(i - (N-1)/2) s)`` arcsec (:class:`~tfstronglens.PixelGrid`), so row 0 is the bottom row
+(``-y``): the FITS standard, in which the first stored row is the bottom of the image and
+the FITS pixel coordinate ``Y`` grows upward. Files whose arrays are stored the other way
+up (row 0 at ``+y``, as PyAutoLens writes them) are read with ``flip_y=True``
+(``fit --flip-y``). With a celestial WCS in the header, :meth:`ObservedImage.sky_frame`
+maps the model's frame to the sky (:mod:`tfstronglens.io.sky`).
+"""
 
 from __future__ import annotations
 
@@ -49,8 +58,9 @@ class ObservedImage:
     """An image with what a fit needs: ``data`` (``[N, N]`` float, e-/s per pixel),
     ``observation`` (:class:`~tfstronglens.observation.Observation`: pixel scale, PSF,
     background noise and exposure), ``noise_map`` (``[N, N]`` per-pixel sigma or ``None``),
-    the primary ``header``, ``notes`` (the choices made: where each value came from) and
-    the file's ``path``."""
+    the primary ``header``, ``notes`` (the choices made: where each value came from), the
+    file's ``path`` and ``flip_y`` (the arrays were stored with row 0 at ``+y`` and have
+    been reversed: :meth:`flipped`)."""
 
     data: np.ndarray
     observation: object
@@ -58,6 +68,42 @@ class ObservedImage:
     header: object
     notes: list
     path: str
+    flip_y: bool = False
+
+    def flipped(self) -> "ObservedImage":
+        """The same image read the other way up: the rows of ``data``, ``noise_map`` and
+        of a pixel PSF kernel reversed (row ``i`` becomes row ``N - 1 - i``, i.e.
+        ``y -> -y``), ``flip_y`` toggled (the header's WCS, which describes the array as
+        stored, is applied accordingly by :meth:`sky_frame`) and a note added. Flipping
+        twice gives the original arrays back."""
+        from ..lensing import PixelPSF
+        from ..observation import Observation
+
+        obs = self.observation
+        psf = obs.psf
+        if isinstance(psf, PixelPSF):
+            psf = PixelPSF(np.asarray(psf.kernel(), np.float64)[::-1].copy())
+        flipped_obs = Observation(obs.num_pix, obs.pixel_scale, obs.exposure_time, psf=psf,
+                                  background_rms=obs.background_rms, dtype=obs.dtype)
+        flip = not self.flip_y
+        note = ("rows reversed (flip_y): the file's arrays are stored with row 0 at +y" if flip
+                else "rows reversed back: row 0 at -y (the FITS standard)")
+        out = dataclasses.replace(
+            self, data=np.ascontiguousarray(self.data[::-1]), observation=flipped_obs,
+            noise_map=None if self.noise_map is None
+            else np.ascontiguousarray(self.noise_map[::-1]),
+            notes=[n for n in self.notes if not n.startswith(_WCS_NOTE)] + [note],
+            flip_y=flip)
+        _note_wcs(out)
+        return out
+
+    def sky_frame(self):
+        """The :class:`~tfstronglens.io.sky.SkyFrame` of the header's celestial WCS (with
+        the model's pixel scale and ``flip_y``), or ``None`` when the header has none."""
+        from .sky import SkyFrame
+
+        return SkyFrame.from_header(self.header, int(self.data.shape[0]),
+                                    float(self.observation.pixel_scale), flip_y=self.flip_y)
 
     def noise_sigma(self) -> np.ndarray:
         """The per-pixel noise sigma ``[N, N]`` (e-/s): the noise map if one was given, else
@@ -105,13 +151,14 @@ def _clip_negative_psf(kernel, where: str, notes: list) -> np.ndarray:
 
 def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
                     noise_map=None, exposure_time=None, pixel_scale=None,
-                    dtype="float32") -> ObservedImage:
+                    dtype="float32", flip_y: bool = False) -> ObservedImage:
     """Read a lens image and build its :class:`~tfstronglens.observation.Observation`.
 
     Args:
       path: FITS file of the image (primary HDU, or ``hdu``). It must be square, ``N x N``;
         pixel ``(row, column) = (y, x)``, pixel centres symmetric about 0
-        (:class:`~tfstronglens.PixelGrid`). Units: e-/s per pixel (the Poisson term of the
+        (:class:`~tfstronglens.PixelGrid`), row 0 at the bottom (``-y``, the FITS
+        standard; see ``flip_y``). Units: e-/s per pixel (the Poisson term of the
         noise uses the exposure time in seconds).
       psf: FITS file of a pixel PSF kernel (normalised to sum 1 here); default: a Gaussian
         of ``psf_fwhm`` if given, else the image file's ``PSF`` extension if it has one,
@@ -126,6 +173,12 @@ def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
         noise is the background rms alone.
       pixel_scale: arcsec per pixel (default: header ``PIXSCALE`` or the WCS).
       dtype: ``"float32"`` or ``"float64"``.
+      flip_y: the file's arrays (image, PSF kernel, noise map) are stored with row 0 at
+        ``+y`` (the top), as PyAutoLens writes them: reverse their rows
+        (:meth:`ObservedImage.flipped`). A header WCS still describes the array as stored.
+
+    A celestial WCS in the header (``CTYPE``/``CRVAL``/``CRPIX``/``CD`` or ``PC``) gives
+    :meth:`ObservedImage.sky_frame`, and a note says so.
 
     Raises:
       FileNotFoundError: a file does not exist.
@@ -137,6 +190,8 @@ def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
     from ..lensing import GaussianPSF, PixelPSF
     from ..observation import Observation
 
+    if not isinstance(flip_y, (bool, np.bool_)):
+        raise ValueError(f"flip_y must be True or False, got {flip_y!r}")
     image, header = read_fits(path, hdu=hdu)
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2 or image.shape[0] != image.shape[1]:
@@ -213,5 +268,22 @@ def load_lens_image(path, *, hdu=None, psf=None, psf_fwhm=None, noise_rms=None,
                      "Poisson term)")
     obs = Observation(n, pixel_scale, exposure_time or 1.0, psf=psf_obj,
                       background_rms=noise_rms if noise_rms is not None else 0.0, dtype=dtype)
-    return ObservedImage(data=image, observation=obs, noise_map=sigma_map, header=header,
-                         notes=notes, path=str(path))
+    img = ObservedImage(data=image, observation=obs, noise_map=sigma_map, header=header,
+                        notes=notes, path=str(path))
+    if flip_y:
+        return img.flipped()
+    _note_wcs(img)
+    return img
+
+
+_WCS_NOTE = "celestial WCS in the header"
+
+
+def _note_wcs(img: ObservedImage):
+    """Add to ``img.notes`` where its header's WCS puts the image, if it has one."""
+    frame = img.sky_frame()
+    if frame is not None:
+        ra, dec = frame.centre
+        img.notes.append(f"{_WCS_NOTE}: image centre at RA {ra:.6f}, Dec {dec:+.6f} deg, +y "
+                         f"axis at PA {frame.y_axis_pa:.1f} deg east of north "
+                         f"({frame.describe()['parity']}); sky positions are reported")
