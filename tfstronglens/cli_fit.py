@@ -13,6 +13,7 @@ import numpy as np
 
 from .cli import _check_output_dir, _positive_float, _positive_int, _seed
 from .cli_args import add_image_options, load_image_args
+from .io._atomic import atomic_output
 
 __all__ = ["add_parsers", "add_model_args", "add_fit_options", "check_fit_options",
            "fit_image", "build_model_from_args", "HMC_CHECKPOINT"]
@@ -574,7 +575,8 @@ def _demo(args) -> int:
         scalar_truth = {k: v for k, v in truth.items() if not k.startswith("source.z.")}
         paths = write_fit_outputs(result, args.out, overwrite=True,
                                   extra_settings={"demo": True}, truths=scalar_truth)
-        with open(os.path.join(args.out, "truth.json"), "w") as fh:
+        with atomic_output(os.path.join(args.out, "truth.json"), overwrite=True) as tmp, \
+                open(tmp, "w") as fh:
             json.dump(truth, fh, indent=2)
         print(f"wrote {', '.join(sorted(os.path.basename(p) for p in paths.values()))} "
               f"and truth.json to {args.out}")
