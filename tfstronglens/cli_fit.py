@@ -47,8 +47,11 @@ def _add_inference_args(p, defaults):
     g.add_argument("--init", choices=("prior", "cnn"), default="prior",
                    help="where the MAP starts come from: prior draws, or draws of the "
                         "amortized lens CNN's posterior for the lens and source position "
-                        "(needs an image of the CNN's pixel scale; --init-model) "
-                        "(default: %(default)s)")
+                        "(--init-model; the image is cropped, padded or resampled onto the "
+                        "network's grid). cnn helps on images like the network's training "
+                        "set; on a nearly round lens with bright lens light its starts "
+                        "found the mirrored ellipticity/shear mode more often than prior "
+                        "starts (benchmarks/README.md) (default: %(default)s)")
     g.add_argument("--init-model", default=None, metavar="pretrained|pretrained-epl|DIR",
                    help="the lens CNN of --init cnn: a shipped one ('pretrained': SIE + shear,"
                         " 'pretrained-epl': EPL + shear) or a train-cnn folder (default: the "
