@@ -12,6 +12,7 @@ from .cli import _positive_float, _positive_int, _seed, _UserError
 
 __all__ = ["add_image_args", "add_image_options", "load_image_args", "add_noise_args",
            "add_training_args", "check_training_out", "training_strategy", "read_json_config",
+           "add_strategy_args", "worker_finished",
            "add_finetune_args"]
 
 
@@ -72,7 +73,7 @@ def load_image_args(args):
 
 def add_training_args(p, *, steps: int, batch_size: int, num_heldout: int):
     """The options of a training run on a stream of simulated lenses: ``--steps
-    --batch-size --learning-rate --steps-per-checkpoint --num-heldout --seed --mirrored
+    --batch-size --learning-rate --steps-per-checkpoint --num-heldout --seed --strategy
     --out --overwrite --no-progress``."""
     p.add_argument("--steps", type=_positive_int(10**9), default=steps,
                    help="total optimizer steps (default: %(default)s)")
@@ -85,8 +86,7 @@ def add_training_args(p, *, steps: int, batch_size: int, num_heldout: int):
     p.add_argument("--num-heldout", type=_positive_int(10**6), default=num_heldout,
                    help="held-out lenses of the report (default: %(default)s)")
     p.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
-    p.add_argument("--mirrored", action="store_true",
-                   help="train under tf.distribute.MirroredStrategy (all local devices)")
+    add_strategy_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in DIR (discarding a checkpoint)")
@@ -119,13 +119,51 @@ def check_training_out(args, command: str, name: str):
                          "checkpoint directory; pass --overwrite to start afresh there")
 
 
-def training_strategy(args):
-    """``tf.distribute.MirroredStrategy()`` for ``--mirrored``, else ``None``."""
-    if not args.mirrored:
-        return None
-    import tensorflow as tf
+def add_strategy_args(p):
+    """``--strategy {default,mirrored,multiworker}`` (and ``--mirrored``, the same as
+    ``--strategy mirrored``) of every ``train-*`` command; read by
+    :func:`training_strategy`."""
+    from .models.training import STRATEGIES
 
-    return tf.distribute.MirroredStrategy()
+    p.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="tf.distribute strategy: default = one device; mirrored = all "
+                        "local devices (MirroredStrategy); multiworker = synchronous "
+                        "training on several machines/processes (MultiWorkerMirroredStrategy; "
+                        "NCCL or ring all-reduce), whose cluster and own task the TF_CONFIG "
+                        "environment variable gives, e.g. TF_CONFIG='{\"cluster\": "
+                        "{\"worker\": [\"host1:12345\", \"host2:12345\"]}, \"task\": "
+                        "{\"type\": \"worker\", \"index\": 0}}'. Every worker runs the same "
+                        "command with its own index; worker 0 writes DIR (which all workers "
+                        "must see, to resume), the others only train; the batch size must "
+                        "be a multiple of the number of replicas, and train-vae needs --seed "
+                        "(default: default)")
+    p.add_argument("--mirrored", action="store_true", help="the same as --strategy mirrored")
+
+
+def training_strategy(args):
+    """The strategy of ``--strategy`` (``--mirrored``):
+    :func:`tfstronglens.models.training.make_strategy`, ``None`` for ``default``.
+    ``_UserError`` (exit 2) for a missing or malformed ``TF_CONFIG``."""
+    from .models.training import make_strategy
+
+    name = "mirrored" if getattr(args, "mirrored", False) else (args.strategy or "default")
+    if name == "mirrored" and args.strategy not in (None, "default", "mirrored"):
+        raise _UserError(f"--mirrored contradicts --strategy {args.strategy}")
+    try:
+        return make_strategy(name)
+    except ValueError as exc:
+        raise _UserError(f"--strategy {name}: {exc}") from None
+
+
+def worker_finished(report, name: str) -> bool:
+    """Print what a non-chief worker of a multi-worker run did and return True for its
+    report (``{"chief": False, ...}``); False for the chief's or a one-worker report."""
+    if report.get("chief", True):
+        return False
+    done = (f"{report['steps']} steps" if "steps" in report
+            else f"{report.get('epochs', 0)} epochs")
+    print(f"{name}: this worker trained {done}; the chief worker writes the outputs")
+    return True
 
 
 def read_json_config(path, option: str = "--config", *, allow_list: bool = False):

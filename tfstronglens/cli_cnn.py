@@ -10,7 +10,8 @@ import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_float, _positive_int, _seed
 from .cli_args import (add_finetune_args, add_noise_args, add_training_args,
-                       check_training_out, read_json_config, training_strategy)
+                       check_training_out, read_json_config, training_strategy,
+                       worker_finished)
 
 __all__ = ["add_parsers"]
 
@@ -106,6 +107,8 @@ def _train_cnn(args) -> int:
                        num_heldout=args.num_heldout, seed=args.seed, strategy=strategy,
                        overwrite=args.overwrite, progress=not args.no_progress,
                        init_from=args.init_from, first_batch=args.first_batch)
+    if worker_finished(report, "train-cnn"):
+        return 0
     cov = report["parameters"]
     worst68 = max(abs(v["coverage_68"] - 0.68) for v in cov.values())
     print(f"held-out ({report['num_lenses']} lenses): theta_E median relative error "

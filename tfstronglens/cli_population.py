@@ -11,7 +11,7 @@ import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_int
 from .cli_args import (add_training_args, check_training_out, read_json_config,
-                       training_strategy)
+                       training_strategy, worker_finished)
 
 __all__ = ["add_parsers", "read_population_images"]
 
@@ -154,6 +154,8 @@ def _train_ratio(args) -> int:
                          lenses_per_ensemble=args.lenses_per_ensemble, seed=args.seed,
                          strategy=training_strategy(args), overwrite=args.overwrite,
                          progress=not args.no_progress)
+    if worker_finished(report, "train-ratio"):
+        return 0
     cov = report["heldout"]["coverage"]
     print(f"train-ratio: {report['steps']} steps; held-out cross-entropy "
           f"{report['heldout']['bce']:.4f} (chance 0.6931); coverage of the 68/95% regions "

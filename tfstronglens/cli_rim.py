@@ -10,7 +10,8 @@ import numpy as np
 
 from .cli import _UserError, _check_output_dir, _positive_int
 from .cli_args import (add_finetune_args, add_image_args, add_training_args,
-                       check_training_out, load_image_args, training_strategy)
+                       check_training_out, load_image_args, training_strategy,
+                       worker_finished)
 from .simulation.generator import LENS_PROFILES
 
 __all__ = ["add_parsers"]
@@ -94,6 +95,8 @@ def _train_rim(args) -> int:
                        overwrite=args.overwrite, progress=not args.no_progress,
                        learning_rate_schedule=args.lr_schedule, init_from=args.init_from,
                        first_batch=args.first_batch)
+    if worker_finished(report, "train-rim"):
+        return 0
     print(f"held-out ({report['num_heldout']} lenses): source error median "
           f"{report['source_error']['median']:.3f}, chi2/pixel median "
           f"{report['chi2_per_pixel']['median']:.3f}, {1e3 * report['seconds_per_lens']:.1f} "

@@ -52,6 +52,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from .replicas import scale_loss_for_replicas
+
 tfd, tfb = tfp.distributions, tfp.bijectors
 
 __all__ = ["LensPosteriorNetwork", "ResNetBackbone", "GaussianHead", "FlowHead",
@@ -432,7 +434,8 @@ class LensPosteriorNetwork(keras.Model):
         inputs, theta = data
         with tf.GradientTape() as tape:
             loss = self._loss(inputs, theta)
-        grads = tape.gradient(loss, self.trainable_weights)
+            scaled = scale_loss_for_replicas(loss)
+        grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}

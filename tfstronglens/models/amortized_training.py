@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from .amortized import (POSTERIOR_HEADS, LensPosteriorNetwork, load_lens_cnn,
                         posterior_parameter_names)
-from .training import (LEARNING_RATE_SCHEDULES, save_trained_model, train_on_stream,
+from .training import (LEARNING_RATE_SCHEDULES, is_chief, save_trained_model, train_on_stream,
                        write_json)
 
 __all__ = ["DEFAULT_CNN_SIMULATIONS", "cnn_generators", "cnn_dataset", "cnn_batch",
@@ -253,6 +253,13 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
     (per-parameter coverage of the 68/95% intervals and median absolute error, TARP's
     largest deviation, ``theta_E``'s median relative error, time per image, the settings,
     the loss history), ``predicted_vs_true.png`` and ``coverage.png``. Returns the report.
+
+    ``strategy`` (:func:`~tfstronglens.models.training.make_strategy`) distributes the
+    training; under several workers every worker makes the same call and only the chief
+    writes and evaluates: the others return ``{"chief": False, "steps", "history"}``.
+    On TPUs (never tried) ``TPUStrategy`` would take the same path: static batch shapes,
+    the flow head's fixed number of layers (no data-dependent control flow) and
+    ``jit_compile=True`` for the per-replica step.
     """
     if head not in POSTERIOR_HEADS:
         raise ValueError(f"head must be one of {sorted(POSTERIOR_HEADS)}, got {head!r}")
@@ -313,7 +320,9 @@ def train_cnn(out_dir, *, simulations=None, head: str = "flow", steps: int = 400
     train_seconds = time.perf_counter() - t0
 
     out_dir = os.fspath(out_dir)
-    save_trained_model(net, out_dir, "cnn.keras")
+    save_trained_model(net, out_dir, "cnn.keras", strategy)
+    if not is_chief(strategy):
+        return {"chief": False, "steps": int(state["step"]), "history": state["history"]}
     held = cnn_generators(sims, seed, heldout=True)
     ev = evaluate_cnn(net, held, num_heldout, batch_size=batch_size, seed=seed)
     report = {"steps": int(state["step"]), **report_from_evaluation(ev),

@@ -72,6 +72,7 @@ import numpy as np
 import tensorflow as tf
 
 from .amortized import ResNetBackbone, snr_input
+from .replicas import scale_loss_for_replicas
 
 __all__ = ["PopulationRatioEstimator", "RATIO_LOSSES", "PRETRAINED_RATIO", "load_ratio_estimator"]
 
@@ -250,7 +251,8 @@ class PopulationRatioEstimator(keras.Model):
     def train_step(self, data):
         with tf.GradientTape() as tape:
             values = self.losses_of(data)
-        grads = tape.gradient(values[0], self.trainable_weights)
+            scaled = scale_loss_for_replicas(values[0])
+        grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return self._update(*values)
 

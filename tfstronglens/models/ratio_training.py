@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from .ratio import PopulationRatioEstimator
-from .training import save_trained_model, train_on_stream, write_json
+from .training import is_chief, save_trained_model, train_on_stream, write_json
 
 __all__ = ["TRAIN_COMMAND", "DEFAULT_RATIO_SIMULATION", "ratio_dataset", "fit_calibration",
            "evaluate_ratio", "train_ratio", "PAIR_KEYS"]
@@ -208,6 +208,14 @@ def train_ratio(out_dir, *, params=("kappa_sub", "log10_m_hm"), priors=None, sim
     Outputs in ``out_dir``: ``ratio.keras``, ``report.json`` (settings, calibration scale,
     held-out cross-entropy and calibration curve before/after, ensemble coverage, history)
     and ``calibration.png``. Returns the report.
+
+    ``strategy`` (:func:`~tfstronglens.models.training.make_strategy`) distributes the
+    training; under several workers every worker makes the same call and only the chief
+    calibrates, evaluates and writes: the others return ``{"chief": False, "steps",
+    "history"}``. On TPUs (never tried) ``TPUStrategy`` would take the same path: the
+    paired batches have a static shape and the losses have no data-dependent control
+    flow (the estimator keeps Keras' ``jit_compile="auto"``: XLA on a GPU or TPU, not on
+    CPUs).
     """
     from ..simulation.population import PopulationPrior
 
@@ -240,6 +248,9 @@ def train_ratio(out_dir, *, params=("kappa_sub", "log10_m_hm"), priors=None, sim
         steps_per_checkpoint=steps_per_checkpoint, resume=resume, overwrite=overwrite,
         progress=progress, strategy=strategy)
     train_seconds = time.perf_counter() - t0
+    if not is_chief(strategy):
+        save_trained_model(net, out_dir, "ratio.keras", strategy)
+        return {"chief": False, "steps": int(state["step"]), "history": state["history"]}
     net.set_calibration(1.0)
     logits, y = _heldout_logits(net, sim, num_heldout, batch_size, _HELDOUT_BATCH)
     scale = fit_calibration(logits, y)

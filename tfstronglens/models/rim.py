@@ -67,7 +67,7 @@ import tensorflow as tf
 from ..lensing.grid import PixelGrid
 from ..lensing.source_operator import SourceOperator
 from ..profiles.pixelated_source import PixelatedSource
-from .vae import _scale_loss_for_distribution
+from .replicas import scale_loss_for_replicas
 
 __all__ = ["RIM", "RIMSource", "ConvGRU", "source_error", "footprint_mask", "load_rim",
            "PRETRAINED_RIM"]
@@ -349,7 +349,7 @@ class RIM(keras.Model):
         inputs, target = data[0], data[1]
         with tf.GradientTape() as tape:
             loss, error = self._loss(inputs, target, training=True)
-            scaled = self.optimizer.scale_loss(_scale_loss_for_distribution(loss))
+            scaled = self.optimizer.scale_loss(scale_loss_for_replicas(loss))
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         self.loss_tracker.update_state(loss)

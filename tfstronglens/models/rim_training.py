@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from .rim import RIM, load_rim, source_error
-from .training import (LEARNING_RATE_SCHEDULES, save_trained_model, train_on_stream,
+from .training import (LEARNING_RATE_SCHEDULES, is_chief, save_trained_model, train_on_stream,
                        write_json)
 
 __all__ = ["rim_dataset", "rim_batch", "train_rim", "evaluate_rim", "DEFAULT_RIM_SIMULATION"]
@@ -178,6 +178,14 @@ def train_rim(out_dir, *, simulation: dict | None = None, steps: int = 2000,
 
     ``jit_compile`` compiles the whole train step with XLA (for GPUs/TPUs; on CPUs the
     network's convolutions are faster without it, and the physics is compiled anyway).
+
+    ``strategy`` (:func:`~tfstronglens.models.training.make_strategy`) distributes the
+    training; under several workers every worker makes the same call and only the chief
+    writes and evaluates: the others return ``{"chief": False, "steps", "history"}``.
+    On TPUs (never tried) this is the path ``TPUStrategy`` would take: the stream's
+    batches have a static shape ``[batch_size, ...]``, the RIM's unrolled
+    ``rim_steps`` loop is a Python loop over a fixed count (traced once, no
+    data-dependent control flow) and ``jit_compile=True`` compiles the per-replica step.
     Returns the report.
     """
     from ..simulation import LensDatasetGenerator, LensSimulationConfig
@@ -237,7 +245,9 @@ def train_rim(out_dir, *, simulation: dict | None = None, steps: int = 2000,
     train_seconds = time.perf_counter() - t0
 
     out_dir = os.fspath(out_dir)
-    save_trained_model(rim, out_dir, "rim.keras")
+    save_trained_model(rim, out_dir, "rim.keras", strategy)
+    if not is_chief(strategy):
+        return {"chief": False, "steps": int(state["step"]), "history": state["history"]}
     held = LensDatasetGenerator(dataclasses.replace(config, seed=int(seed) + 1,
                                                     galaxy_split="validation"))
     ev = evaluate_rim(rim, held, num_heldout)

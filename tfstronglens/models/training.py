@@ -1,13 +1,66 @@
-"""Train the galaxy VAE: data loading, checkpoints that resume, and a final report."""
+"""The package's training loops: the galaxy VAE (:func:`train_vae`) and the shared loop of
+the simulation-trained models (:func:`train_on_stream`: RIM, lens CNN, ratio estimator),
+with checkpoints that resume, progress and ``tf.distribute``.
+
+#### Distribution
+
+Every trainer takes a ``strategy`` and all of them get it from one factory,
+:func:`make_strategy` (the ``--strategy`` option of every ``train-*`` command):
+
+* ``"default"``: the current strategy (one device);
+* ``"mirrored"``: ``tf.distribute.MirroredStrategy``, all local devices;
+* ``"multiworker"``: :class:`MultiWorkerStrategy`, a ``MultiWorkerMirroredStrategy``
+  (synchronous data parallelism; all-reduce by NCCL on GPUs, by a ring on CPUs) over the
+  cluster that the ``TF_CONFIG`` environment variable describes. Every worker runs the
+  same command; worker 0 (or the ``chief`` task, if any) is the chief.
+
+Under several workers each global batch (``batch_size`` examples, a multiple of the
+number of replicas) is built identically on every worker and split between the replicas
+(``tf.data`` DATA auto-sharding): replica ``r`` of ``R`` trains on rows ``[r B/R, (r+1)
+B/R)``, the gradients are summed across replicas, and a step is the same step as on one
+device with the whole batch, up to float rounding, for a model whose ``train_step``
+divides its loss by the number of replicas (Keras' compiled losses do; the package's
+models call :func:`~tfstronglens.models.replicas.scale_loss_for_replicas`). The VAE draws its
+reparameterisation noise per replica from one seed, so all replicas draw the same noise
+rows: its multi-worker steps equal those of one worker with as many local replicas, not
+those of a single replica (the same in distribution). The data pipeline is therefore *not*
+divided (each worker simulates or reads the whole global batch); the network's forward
+and backward passes are. Only the chief writes checkpoints, ``state.json``, the final
+model and the report; the other workers save their model copies to temporary
+directories that are deleted at once (a save may read synchronised variables, which is a
+collective operation, so every worker takes part), and return only ``{"chief": False,
+...}``. Resuming is as on one device: when a worker is killed, restart all of them with
+the same command; each reads the chief's checkpoint, so ``out_dir`` must be on storage
+that every worker sees (a shared file system), which is checked at start (the workers
+compare the step they resume from).
+
+#### TPUs and accelerators
+
+``TPUStrategy`` (not offered by :func:`make_strategy`: it needs a TPU cluster resolver)
+would run the same code path as ``MultiWorkerStrategy``: ``model.fit`` on a
+``tf.data`` stream whose batches have a static shape (``drop_remainder=True``; the
+simulated streams' batches are fixed-size), the models' ``train_step`` (a loss with no
+Python control flow on tensor values, gradients, ``optimizer.apply_gradients``), and
+``jit_compile=True`` (``compile(jit_compile=True)``; the ``jit_compile`` arguments of
+the trainers), which XLA-compiles the per-replica step as a TPU requires. (XLA has no
+collective operations on CPUs: ``jit_compile=True`` under several CPU workers is refused
+with a ``ValueError``; the tests therefore cannot compile a multi-worker step, and check
+instead that every trainer's batches have static shapes.) The lens
+physics the streams simulate runs in ``tf.function(jit_compile=True)`` already. **No
+TPU or GPU run of any trainer has ever been made**: only CPUs (one process, and two
+worker processes on one machine in ``tests/test_multiworker.py``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
 import numbers
 import os
 import shutil
+import tempfile
 import time
 
 import keras
@@ -19,7 +72,8 @@ from .vae import VAE
 
 __all__ = ["train_vae", "load_galaxy_dataset", "within_noise_threshold", "STATE_FILE",
            "CHECKPOINT_DIR", "is_checkpoint_dir", "train_on_stream", "read_stream_state",
-           "LEARNING_RATE_SCHEDULES", "save_trained_model", "write_json"]
+           "LEARNING_RATE_SCHEDULES", "save_trained_model", "write_json", "STRATEGIES",
+           "MultiWorkerStrategy", "make_strategy", "is_chief", "num_workers"]
 
 #: Subdirectory of ``out_dir`` that holds the epoch checkpoints and the resume state.
 CHECKPOINT_DIR = "checkpoint"
@@ -62,10 +116,19 @@ def _read_report(out_dir):
     return report if isinstance(report, dict) else None
 
 
-def save_trained_model(model, out_dir, filename: str) -> str:
+def save_trained_model(model, out_dir, filename: str, strategy=None) -> str:
     """The final outputs of a training run: ``out_dir/filename`` (the Keras model, written
-    atomically) and ``out_dir/saved_model/`` (``model.export``). Returns the model path."""
+    atomically) and ``out_dir/saved_model/`` (``model.export``). Returns the model path.
+
+    On a worker that is not the chief of ``strategy`` (:func:`is_chief`) the same files go
+    to a temporary directory that is then deleted: every worker of a multi-worker run
+    must call this, and only the chief's files remain."""
     path = os.path.join(os.fspath(out_dir), filename)
+    if not is_chief(strategy):
+        with _worker_scratch() as scratch:
+            model.save(os.path.join(scratch, filename), overwrite=True)
+            model.export(os.path.join(scratch, "saved_model"), overwrite=True)
+        return path
     with atomic_output(path, overwrite=True) as tmp:
         model.save(tmp, overwrite=True)
     model.export(os.path.join(os.fspath(out_dir), "saved_model"), overwrite=True)
@@ -78,6 +141,190 @@ def write_json(path, data):
         with open(tmp, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
             fh.write("\n")
+
+
+# ------------------------------------------------------------------ distribution
+#: The names :func:`make_strategy` takes (the ``--strategy`` option of the ``train-*``
+#: commands).
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` accepts what Keras 3's
+    ``Model.fit`` passes to it.
+
+    Keras 3's TensorFlow trainer calls ``strategy.reduce`` on a nest of per-replica values
+    (the first batch, to build the model's metrics) and with ``axis=0`` on the scalar
+    metrics of each step; ``MultiWorkerMirroredStrategy.reduce`` takes neither, so
+    ``fit`` fails before its first step under several workers (keras-team/keras#20585).
+    This subclass reduces a nest element by element and a scalar with ``axis=None``,
+    which is what ``MirroredStrategy`` does for the same calls on one worker; everything
+    else (variables, all-reduce, dataset distribution, ``isinstance`` checks) is
+    ``MultiWorkerMirroredStrategy``'s. Build it as that class (``cluster_resolver``,
+    ``communication_options``) or with :func:`make_strategy` ``("multiworker")``.
+    """
+
+    def reduce(self, reduce_op, value, axis=None):
+        reduce_one = super().reduce
+
+        def one(v):
+            rank = self.experimental_local_results(v)[0].shape.rank
+            return reduce_one(reduce_op, v, None if rank == 0 else axis)
+
+        return tf.nest.map_structure(one, value)
+
+
+def _check_tf_config(raw):
+    """The parsed ``TF_CONFIG`` of a multi-worker run; ``ValueError`` naming what is wrong."""
+    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+               '"task": {"type": "worker", "index": 0}}')
+    if not raw:
+        raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable (the "
+                         f"cluster and this worker's task), e.g. TF_CONFIG='{example}'")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({exc}): {raw!r}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if (not isinstance(cluster, dict) or not cluster or not isinstance(task, dict)
+            or not all(isinstance(v, list) and v and all(isinstance(a, str) for a in v)
+                       for v in cluster.values())):
+        raise ValueError("TF_CONFIG must be an object with a 'cluster' (job -> list of "
+                         "'host:port') and a 'task' (type, index), e.g. "
+                         f"{example}; got {raw!r}")
+    unknown = sorted(set(cluster) - {"worker", "chief"})
+    if unknown:
+        raise ValueError(f"TF_CONFIG's cluster has jobs {unknown}; a multi-worker training run "
+                         f"has only 'worker' (and optionally one 'chief'): {raw!r}")
+    kind, index = task.get("type"), task.get("index", 0)
+    if (kind not in cluster or isinstance(index, bool) or not isinstance(index, int)
+            or not 0 <= index < len(cluster[kind])):
+        raise ValueError(f"TF_CONFIG's task {task!r} is not one of the cluster's tasks "
+                         f"{ {k: len(v) for k, v in cluster.items()} }: {raw!r}")
+    return config
+
+
+def make_strategy(name: str = "default"):
+    """The ``tf.distribute`` strategy a trainer runs under, by name (:data:`STRATEGIES`).
+
+    * ``"default"``: ``None``, i.e. the current strategy (one device);
+    * ``"mirrored"``: ``tf.distribute.MirroredStrategy()`` over all local devices;
+    * ``"multiworker"``: :class:`MultiWorkerStrategy` (TensorFlow picks the all-reduce:
+      NCCL on GPUs, a ring on CPUs) over the cluster of the ``TF_CONFIG`` environment
+      variable, e.g. for the first of two workers::
+
+          TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                      "task": {"type": "worker", "index": 0}}'
+
+      (the second has ``"index": 1``). Every worker runs the same training command;
+      worker 0 is the chief unless the cluster has a ``chief`` job. TensorFlow needs
+      this strategy created before any other TensorFlow operation runs in the process
+      (the command line does so).
+
+    Raises ``ValueError`` for another name or a missing or malformed ``TF_CONFIG``, and
+    ``RuntimeError`` when TensorFlow has already started in this process.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    if name == "default":
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    _check_tf_config(os.environ.get("TF_CONFIG"))
+    try:
+        return MultiWorkerStrategy()
+    except RuntimeError as exc:
+        raise RuntimeError("the multi-worker strategy must be created before any other "
+                           f"TensorFlow operation runs in the process: {exc}") from None
+
+
+def is_chief(strategy=None) -> bool:
+    """True on the worker that writes a training run's files: always on one worker, on the
+    chief (worker 0, or the ``chief`` task) of a multi-worker ``strategy`` (default: the
+    current one). Every worker must still call the trainers' save functions
+    (:func:`save_trained_model`), in the same order."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def num_workers(strategy=None) -> int:
+    """The number of worker processes of ``strategy`` (default: the current one): 1 but
+    for a multi-worker strategy."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    jobs = strategy.cluster_resolver.cluster_spec().as_dict()
+    return max(1, len(jobs.get("worker", [])) + len(jobs.get("chief", [])))
+
+
+def _workers_agree(strategy, value: int) -> bool:
+    """Whether every worker passed the same ``value`` (a collective all-reduce, so also a
+    barrier: no worker returns before all have called it). True on one worker."""
+    if num_workers(strategy) == 1:
+        return True
+
+    def everywhere(v):
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(v, tf.float64))
+
+    mean = float(strategy.reduce("MEAN", everywhere(float(value)), axis=None))
+    spread = float(strategy.reduce("MEAN", everywhere(abs(float(value) - mean)), axis=None))
+    return spread == 0.0
+
+
+def _check_same_resume_point(strategy, step, out_dir):
+    """Refuse to train when the workers found different checkpoints in ``out_dir`` (each
+    passes the step it resumes from, -1 for none)."""
+    if not _workers_agree(strategy, step):
+        raise RuntimeError(f"the workers found different checkpoints in {out_dir!r} (this "
+                           f"one: {'none' if step < 0 else f'step/epoch {step}'}); the output "
+                           "directory must be on storage that every worker sees")
+
+
+def _check_batch_for_replicas(batch_size, strategy, what="batch_size"):
+    replicas = int(strategy.num_replicas_in_sync)
+    if batch_size is not None and batch_size % replicas:
+        raise ValueError(f"{what} ({batch_size}) must be a multiple of the strategy's "
+                         f"{replicas} replicas (each replica trains on an equal share)")
+
+
+def _check_xla_collectives(jit_compile, strategy):
+    """``ValueError`` for ``jit_compile`` under several workers without GPUs: the gradient
+    all-reduce would be compiled into the XLA step, and XLA has no CPU collectives."""
+    if (jit_compile is True and num_workers(strategy) > 1
+            and not tf.config.list_logical_devices("GPU")):
+        raise ValueError("jit_compile=True (--jit-compile) cannot train on several CPU "
+                         "workers: XLA has no collective operations on CPUs; train without "
+                         "it, or on GPUs")
+
+
+def _shard_by_data(dataset):
+    """``dataset`` with DATA auto-sharding: every worker builds the same global batches and
+    keeps its replicas' rows (the stream is a function of the batch index, not of files)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+@contextlib.contextmanager
+def _worker_scratch():
+    """A temporary directory for a non-chief worker's copy of a file, deleted on exit."""
+    path = tempfile.mkdtemp(prefix="tfstronglens-worker-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _save_checkpoint(model, path, chief):
+    """Save ``model`` to ``path`` atomically on the chief, to a deleted scratch copy elsewhere."""
+    if chief:
+        with atomic_output(path, overwrite=True) as tmp:
+            model.save(tmp, overwrite=True)
+    else:
+        with _worker_scratch() as scratch:
+            model.save(os.path.join(scratch, os.path.basename(path)), overwrite=True)
 
 
 # ------------------------------------------------------------------------- data
@@ -243,24 +490,25 @@ class _EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: save the full model (with optimizer state) to a new file, then
     point ``state.json`` at it (each file written to a temporary name and renamed), then
     delete older checkpoints. A crash at any point leaves a state that names a complete
-    checkpoint."""
+    checkpoint. A non-chief worker only saves a scratch copy (see :func:`is_chief`)."""
 
-    def __init__(self, ckpt_dir, state):
+    def __init__(self, ckpt_dir, state, chief=True):
         super().__init__()
         self.ckpt_dir = ckpt_dir
         self.state = state
+        self.chief = chief
 
     def on_epoch_end(self, epoch, logs=None):
         name = f"ckpt-{epoch + 1:04d}.keras"
-        path = os.path.join(self.ckpt_dir, name)
-        with atomic_output(path, overwrite=True) as tmp:
-            self.model.save(tmp, overwrite=True)
+        _save_checkpoint(self.model, os.path.join(self.ckpt_dir, name), self.chief)
         record = {k: float(v) for k, v in (logs or {}).items()
                   if isinstance(v, (numbers.Real, np.floating, np.ndarray, tf.Tensor))
                   and np.size(v) == 1}
         self.state["history"].append({"epoch": epoch + 1, **record})
         self.state["epoch"] = epoch + 1
         self.state["checkpoint"] = name
+        if not self.chief:
+            return
         write_json(os.path.join(self.ckpt_dir, STATE_FILE), self.state)
         for old in glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.keras")):
             if os.path.basename(old) != name:
@@ -448,7 +696,15 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
         builder config (see :func:`load_galaxy_dataset`).
       jit_compile: compile the train step with XLA (on CPU the compilation takes long;
         useful on GPU/TPU).
-      strategy: a ``tf.distribute`` strategy to build and train the model under.
+      strategy: a ``tf.distribute`` strategy to build and train the model under
+        (:func:`make_strategy`; ``batch_size`` must be a multiple of its replicas). Under
+        several workers (``"multiworker"``) ``seed`` is required, every worker makes the
+        same call, only the chief writes files and returns the report, the others return
+        ``{"chief": False, "epochs", "history", "already_complete"}`` (see the module
+        docstring). Under several replicas the per-epoch validation metrics (``val_*`` in
+        the history) use whole batches of a multiple of the replicas only (none with
+        fewer held-out examples than replicas); the report's held-out statistics use
+        every held-out example.
       overwrite: see above.
       seed: seed of the shuffling and of the VAE's sampling noise (and, when not None, of
         Keras' global random state used for weight initialisation).
@@ -476,11 +732,15 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
         raise ValueError(f"out_dir must be a path, got {out_dir!r}") from None
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"out_dir {out_dir!r} exists and is not a directory")
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = is_chief(strategy)
+    if seed is None and num_workers(strategy) > 1:
+        raise ValueError("seed must be set (--seed) when training on several workers: every "
+                         "worker must shuffle the data the same way, got seed=None")
     state = _read_state(out_dir) if os.path.isdir(out_dir) else None
     ckpt_dir = os.path.join(out_dir, CHECKPOINT_DIR)
     if overwrite:
         state = None
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
     elif os.path.isdir(out_dir) and os.listdir(out_dir):
         if state is None:
             raise FileExistsError(
@@ -497,6 +757,7 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
     arch = dict(image_size=size, latent_dim=latent_dim, base_filters=base_filters,
                 max_filters=max_filters, normalization=normalization)
     batch_size = min(batch_size, n_train)
+    _check_batch_for_replicas(batch_size, strategy)
     training = dict(batch_size=batch_size, learning_rate=learning_rate,
                     kl_warmup_steps=kl_warmup_steps, beta=beta, seed=seed)
     if state is not None:
@@ -508,9 +769,13 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
                     print(f"train_vae: {out_dir!r} is complete ({state['epoch']} epochs >= "
                           f"{epochs}); nothing to do")
                 return dict(done, already_complete=True)
-    os.makedirs(ckpt_dir, exist_ok=True)
+    _check_xla_collectives(bool(jit_compile), strategy)
+    _check_same_resume_point(strategy, -1 if state is None else int(state["epoch"]), out_dir)
+    if chief:
+        if overwrite:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        os.makedirs(ckpt_dir, exist_ok=True)
 
-    strategy = strategy or tf.distribute.get_strategy()
     if seed is not None and state is None:
         keras.utils.set_random_seed(int(seed))
     with strategy.scope():
@@ -529,22 +794,32 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
 
     nbytes = n_train * size * size * 4
     train_batches = train.cache() if nbytes < _CACHE_BYTES else train
-    train_batches = (train_batches
-                     .shuffle(min(n_train, 10000), seed=seed, reshuffle_each_iteration=True)
-                     .batch(batch_size, drop_remainder=True)
-                     .prefetch(tf.data.AUTOTUNE))
+    train_batches = _shard_by_data(train_batches
+                                   .shuffle(min(n_train, 10000), seed=seed,
+                                            reshuffle_each_iteration=True)
+                                   .batch(batch_size, drop_remainder=True)
+                                   .prefetch(tf.data.AUTOTUNE))
     heldout = heldout.cache() if n_held * size * size * 4 < _CACHE_BYTES else heldout
-    val_batches = heldout.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    replicas = int(strategy.num_replicas_in_sync)
+    if replicas == 1:
+        val_batches = _shard_by_data(heldout.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    else:  # equal shares for every replica (Keras' fit fails on unequal ones)
+        val_batch = min(batch_size, n_held) // replicas * replicas
+        val_batches = None if val_batch == 0 else _shard_by_data(
+            heldout.batch(val_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
     t0 = time.perf_counter()
     if initial_epoch < epochs:
         vae.fit(train_batches, epochs=epochs, initial_epoch=initial_epoch,
                 validation_data=val_batches, verbose=1 if progress else 0, shuffle=False,
-                callbacks=[_EpochCheckpoint(ckpt_dir, state)])
+                callbacks=[_EpochCheckpoint(ckpt_dir, state, chief)])
     train_seconds = time.perf_counter() - t0
 
     # ---------------------------------------------------------- final outputs
-    save_trained_model(vae, out_dir, "vae.keras")
+    save_trained_model(vae, out_dir, "vae.keras", strategy)
+    if not chief:
+        return {"chief": False, "epochs": int(state["epoch"]), "history": state["history"],
+                "already_complete": False}
     export_path = os.path.join(out_dir, "saved_model")
 
     chi2, elbo, kl, (orig, recon, noise) = _heldout_statistics(vae, heldout, batch_size, num_plot)
@@ -596,23 +871,25 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
 class _StepCheckpoint(keras.callbacks.Callback):
     """Every ``every`` steps (one Keras "epoch" of the stream): save the full model, with
     optimizer state, then point ``state.json`` at it (both atomically), then delete older
-    checkpoints. A crash at any point leaves a state that names a complete checkpoint."""
+    checkpoints. A crash at any point leaves a state that names a complete checkpoint.
+    A non-chief worker only saves a scratch copy (see :func:`is_chief`)."""
 
-    def __init__(self, ckpt_dir, state, every):
+    def __init__(self, ckpt_dir, state, every, chief=True):
         super().__init__()
-        self.ckpt_dir, self.state, self.every = ckpt_dir, state, every
+        self.ckpt_dir, self.state, self.every, self.chief = ckpt_dir, state, every, chief
 
     def on_epoch_end(self, epoch, logs=None):
         step = (epoch + 1) * self.every
         name = f"ckpt-{step:08d}.keras"
-        with atomic_output(os.path.join(self.ckpt_dir, name), overwrite=True) as tmp:
-            self.model.save(tmp, overwrite=True)
+        _save_checkpoint(self.model, os.path.join(self.ckpt_dir, name), self.chief)
         record = {k: float(v) for k, v in (logs or {}).items()
                   if isinstance(v, (numbers.Real, np.floating, np.ndarray, tf.Tensor))
                   and np.size(v) == 1}
         self.state["history"].append({"step": step, **record})
         self.state["step"] = step
         self.state["checkpoint"] = name
+        if not self.chief:
+            return
         write_json(os.path.join(self.ckpt_dir, STATE_FILE), self.state)
         for old in glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.keras")):
             if os.path.basename(old) != name:
@@ -667,7 +944,11 @@ def train_on_stream(make_model, make_dataset, out_dir, *, steps: int, command: s
       command: the name recorded in the state (a checkpoint of another command is not
         resumed).
       settings: JSON-able settings that define the run.
-      strategy: a ``tf.distribute`` strategy (default: the current one).
+      strategy: a ``tf.distribute`` strategy (default: the current one; see
+        :func:`make_strategy`). Under several workers every worker makes the same call
+        with the same ``make_dataset`` (the global batch ``k`` must be the same on every
+        worker; each keeps its replicas' rows) and only the chief writes (module
+        docstring); the batch size must be a multiple of the replicas.
 
     Returns ``(model, state)``; ``state["step"]`` is the number of steps done.
     """
@@ -677,10 +958,11 @@ def train_on_stream(make_model, make_dataset, out_dir, *, steps: int, command: s
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"out_dir {out_dir!r} exists and is not a directory")
     ckpt_dir = os.path.join(out_dir, CHECKPOINT_DIR)
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = is_chief(strategy)
     state = read_stream_state(out_dir, command) if os.path.isdir(out_dir) else None
     if overwrite:
         state = None
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
     elif os.path.isdir(out_dir) and os.listdir(out_dir):
         if state is None:
             raise FileExistsError(f"output directory {out_dir!r} is not empty and holds no "
@@ -696,8 +978,11 @@ def train_on_stream(make_model, make_dataset, out_dir, *, steps: int, command: s
                          for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k))
         raise ValueError(f"the checkpoint in {out_dir!r} was trained with other settings "
                          f"({diff}); use another out_dir or overwrite=True")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    strategy = strategy or tf.distribute.get_strategy()
+    _check_same_resume_point(strategy, -1 if state is None else int(state["step"]), out_dir)
+    if chief:
+        if overwrite:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        os.makedirs(ckpt_dir, exist_ok=True)
     with strategy.scope():
         if state is not None:
             model = keras.models.load_model(os.path.join(ckpt_dir, state["checkpoint"]))
@@ -707,12 +992,17 @@ def train_on_stream(make_model, make_dataset, out_dir, *, steps: int, command: s
             model = make_model()
             state = {"command": command, "step": 0, "checkpoint": None, "settings": settings,
                      "history": []}
+    _check_xla_collectives(getattr(model, "jit_compile", False), strategy)
     epochs = -(-steps // every)
     initial = int(state["step"]) // every
     if initial < epochs:
         dataset = make_dataset(initial * every)
-        model.fit(dataset, epochs=epochs, initial_epoch=initial, steps_per_epoch=every, shuffle=False,
-                  verbose=1 if progress else 0, callbacks=[_StepCheckpoint(ckpt_dir, state, every)])
+        batch = tf.nest.flatten(dataset.element_spec)[0].shape
+        _check_batch_for_replicas(batch[0] if batch.rank else None, strategy,
+                                  "the batch size of make_dataset's batches")
+        model.fit(_shard_by_data(dataset), epochs=epochs, initial_epoch=initial,
+                  steps_per_epoch=every, shuffle=False, verbose=1 if progress else 0,
+                  callbacks=[_StepCheckpoint(ckpt_dir, state, every, chief)])
     elif progress:
         print(f"{command}: {out_dir!r} already has {state['step']} >= {steps} steps")
     return model, state

@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from .replicas import scale_loss_for_replicas
+
 tfd = tfp.distributions
 
 __all__ = ["VAE", "make_encoder", "make_decoder", "check_image_size", "NORMALIZATIONS"]
@@ -167,12 +169,6 @@ def model_dtype(model) -> tf.DType:
         if dt.is_floating:
             return dt
     return tf.as_dtype(model.compute_dtype)
-
-
-def _scale_loss_for_distribution(loss):
-    """Divide by the number of replicas: the optimizer sums the replicas' gradients."""
-    n = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss if n == 1 else loss * tf.cast(1.0 / n, loss.dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfstronglens")
@@ -479,9 +475,9 @@ class VAE(keras.Model):
         with tf.GradientTape() as tape:
             loglik, kl, chi2 = self.elbo_terms(image, noise, training=True)
             loss = -tf.reduce_mean(loglik - self.kl_weight() * kl)
-            scaled = _scale_loss_for_distribution(loss)
+            scaled = scale_loss_for_replicas(loss)
             if self.losses:  # regularisers of the sub-models
-                scaled = scaled + _scale_loss_for_distribution(tf.add_n(self.losses))
+                scaled = scaled + scale_loss_for_replicas(tf.add_n(self.losses))
             scaled = self.optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
