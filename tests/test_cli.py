@@ -175,3 +175,166 @@ def test_python_m_entry_point(tmp_path):
     assert "peak S/N" in proc.stdout
     image, hdr = read_fits(out / "lens.fits")
     assert image.shape == (16, 16) and np.all(np.isfinite(image)) and hdr["PIXSCALE"] == 0.1
+
+
+# ------------------------------------------------------------------ help and start-up
+
+def _subparsers(parser):
+    """``[(command, parser)]`` of ``parser``'s commands."""
+    import argparse
+
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [(name, p) for a in actions for name, p in a.choices.items()]
+
+
+def test_every_option_of_every_command_has_help():
+    """``--help`` of every command explains every option and argument: each has a help
+    text, in the command line's own words (``--num-pix``, not ``num_pix=``), and the
+    command itself has a one-line help in ``tfstronglens --help``."""
+    import argparse
+    import re
+
+    # a keyword argument (amp_scale=2); an option (--project=P) or an environment
+    # variable (TF_CONFIG='...') is the command line's spelling
+    python_spelling = re.compile(r"(?<![-\w])[a-z_][a-z0-9_]*=(?!=)")
+    parser = cli.build_parser()
+    commands = _subparsers(parser)
+    assert len(commands) >= 10 and "simulate-example" in dict(commands)
+    listed = {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
+    problems = [f"{name}: no help line" for name, _ in commands if not listed.get(name)]
+    for name, sub in [("tfstronglens", parser), *commands]:
+        text = sub.format_help()
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            what = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if not action.help or action.help == argparse.SUPPRESS or not action.help.strip():
+                problems.append(f"{what}: no help")
+            elif python_spelling.search(action.help):
+                problems.append(f"{what}: Python spelling in {action.help!r}")
+            if (action.option_strings or [action.metavar or action.dest])[0] not in text:
+                problems.append(f"{what}: not in --help")
+        assert "--verbose" in text, name
+    assert not problems, "\n".join(problems)
+    # the check rejects what it must
+    assert python_spelling.search("scale of the amplitude (amp_scale=2)")
+    assert not python_spelling.search("e.g. --beam-options='--temp_location=gs://B'")
+    assert not python_spelling.search("TF_CONFIG='{...}' (default: %(default)s)")
+
+
+def _user_env():
+    """The environment of a user's shell: none of the test suite's quieting."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFSTRONGLENS_QUIET")}
+    return dict(env, MPLBACKEND="Agg")
+
+
+def test_command_line_starts_without_tensorflow_messages(tmp_path):
+    """``python -m tfstronglens`` prints none of TensorFlow's start-up lines (oneDNN,
+    CUDA, CPU features, absl) by default; ``--verbose`` brings them back (so they are
+    really hidden, not absent)."""
+    from tfstronglens.cli_startup import is_tensorflow_startup_line
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "tfstronglens", *args], cwd=REPO,
+                              env=_user_env(), capture_output=True, text=True, timeout=300)
+
+    quiet = run("simulate-example", "--help")
+    assert quiet.returncode == 0 and "--pixel-scale" in quiet.stdout
+    assert quiet.stderr == ""
+    loud = run("simulate-example", "--help", "--verbose")
+    assert loud.returncode == 0 and loud.stdout == quiet.stdout
+    noise = [line for line in loud.stderr.splitlines() if is_tensorflow_startup_line(line)]
+    assert noise, loud.stderr
+    assert any("InitializeLog" in line or "cuda" in line.lower() or "oneDNN" in line
+               for line in noise)
+
+
+def test_tensorflow_warnings_hidden_during_a_command_unless_verbose(monkeypatch):
+    """During a command the ``tensorflow`` logger (``tf.function`` retracing warnings)
+    shows errors only, unless ``--verbose``; its level is restored afterwards."""
+    import logging
+
+    seen = []
+
+    def fake_command(args):
+        seen.append(logging.getLogger("tensorflow").isEnabledFor(logging.WARNING))
+        return 0
+
+    monkeypatch.setattr(cli, "_simulate_example", fake_command)
+    before = logging.getLogger("tensorflow").level
+    assert run_main(["simulate-example"])[0] == 0
+    assert run_main(["simulate-example", "--verbose"])[0] == 0
+    assert run_main(["--verbose", "simulate-example"])[0] == 0
+    assert seen == [False, True, True]
+    assert logging.getLogger("tensorflow").level == before
+
+
+def test_the_command_line_is_recognised_before_tensorflow_is_imported():
+    """:func:`command_line_argv` tells the command line (console script, ``python -m
+    tfstronglens``) from any other program that imports the package."""
+    from tfstronglens.cli_startup import command_line_argv, quiet_startup_requested
+
+    py = "/usr/bin/python3"
+    script = "/venv/bin/tfstronglens"
+    assert command_line_argv([script, "fit", "x.fits"], [py, script, "fit", "x.fits"]) == [
+        "fit", "x.fits"]
+    # python -m: while the package is imported argv[0] is "-m"
+    assert command_line_argv(["-m", "demo"], [py, "-m", "tfstronglens", "demo"]) == ["demo"]
+    assert command_line_argv(["-m"], [py, "-X", "importtime", "-mtfstronglens", "-h"]) == ["-h"]
+    assert command_line_argv(["-m"], [py, "-W", "ignore", "-m", "tfstronglens.cli"]) == []
+    # other programs
+    assert command_line_argv(["-m"], [py, "-m", "pytest", "-q"]) is None
+    assert command_line_argv(["run.py"], [py, "run.py", "-m", "tfstronglens"]) is None
+    assert command_line_argv(["-c"], [py, "-c", "import tfstronglens"]) is None
+    assert command_line_argv(["/venv/bin/tfstronglens-tools"], [py]) is None
+    # quiet: the command line without --verbose, or a process it started
+    env = {}
+    assert quiet_startup_requested([script, "demo"], [py, script, "demo"], env)
+    assert not quiet_startup_requested([script, "demo", "--verbose"], [py], env)
+    assert quiet_startup_requested([script, "fit", "--", "--verbose"], [py], env)
+    assert not quiet_startup_requested(["-c"], [py, "-c", "pass"], env)
+    assert quiet_startup_requested(["-c"], [py, "-c", "pass"], {"TFSTRONGLENS_QUIET": "1"})
+    assert not quiet_startup_requested([script], [py, script], {"TFSTRONGLENS_QUIET": "0"})
+
+
+def test_quiet_import_hides_tensorflow_lines_only(capfd, monkeypatch):
+    """:func:`quiet_tensorflow_import` drops TensorFlow's log lines written to file
+    descriptor 2 in its block and writes every other line back (an error is seen)."""
+    from tfstronglens.cli_startup import is_tensorflow_startup_line, quiet_tensorflow_import
+
+    monkeypatch.delenv("TFSTRONGLENS_QUIET", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to "
+        "STDERR",
+        "I0000 00:00:1796645429.054455   29099 port.cc:153] oneDNN custom operations are on.",
+        "I0000 00:00:1796645429.054943   29099 cudart_stub.cc:31] Could not find cuda "
+        "drivers on your machine, GPU will not be used.",
+        "E0000 00:00:1796645478.278219   30055 cuda_platform.cc:52] failed call to cuInit",
+        "2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] "
+        "Could not find cuda drivers on your machine, GPU will not be used.",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.",
+    ]
+    kept = ["Traceback (most recent call last):",
+            "F0000 00:00:1796645478.278219   30055 main.cc:1] fatal: kept",
+            "ImportError: libfoo.so: cannot open shared object file",
+            "UserWarning: I0000 is not a log line here"]
+    assert all(is_tensorflow_startup_line(line) for line in noise)
+    assert not any(is_tensorflow_startup_line(line) for line in kept)
+
+    capfd.readouterr()
+    with quiet_tensorflow_import(quiet=True):
+        os.write(2, ("\n".join(noise[:3] + kept[:2] + noise[3:] + kept[2:]) + "\n").encode())
+        print("python stderr line", file=sys.stderr)
+    err = capfd.readouterr().err.splitlines()
+    # (under pytest sys.stderr is not file descriptor 2, so its line comes first)
+    assert [line for line in err if line != "python stderr line"] == kept
+    assert "python stderr line" in err
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"  # a user's setting is kept
+    assert os.environ["TFSTRONGLENS_QUIET"] == "1"  # child processes start quietly
+
+    with quiet_tensorflow_import(quiet=False):  # not the command line: nothing is touched
+        os.write(2, (noise[1] + "\n").encode())
+    assert capfd.readouterr().err == noise[1] + "\n"

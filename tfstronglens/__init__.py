@@ -10,6 +10,14 @@ The public API in one import::
 
 __version__ = "0.1.0"
 
+# The command line starts without TensorFlow's start-up log lines (unless --verbose): it is
+# recognised here, before TensorFlow is first imported (see tfstronglens.cli_startup).
+from .cli_startup import quiet_tensorflow_import as _quiet_tensorflow_import  # noqa: E402
+
+with _quiet_tensorflow_import():
+    import tensorflow as _tensorflow  # noqa: E402,F401
+del _quiet_tensorflow_import, _tensorflow
+
 from . import io, lensing, observation, profiles, runtime, simulation  # noqa: E402
 from . import models  # noqa: E402  (Keras VAE galaxy source model)
 from .lensing import (  # noqa: E402

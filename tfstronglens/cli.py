@@ -44,6 +44,10 @@ Commands
     HST-like lens with a VAE source and one subhalo, fit it and print the recovered
     parameters, the truths and the subhalo detection statistic.
 
+TensorFlow's log messages (start-up lines, XLA compilation, ``tf.function`` retracing
+warnings) are hidden unless ``--verbose`` is given, before or after the command
+(:mod:`tfstronglens.cli_startup`).
+
 Exit codes: 0 on success, 2 for bad arguments or a refused overwrite, 1 when writing
 fails.
 """
@@ -51,7 +55,9 @@ fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import logging
 import math
 import os
 import sys
@@ -61,6 +67,7 @@ import numpy as np
 import tfstronglens as tsl
 from tfstronglens import io as tsl_io
 from tfstronglens import plotting
+from tfstronglens.cli_startup import VERBOSE_OPTION
 
 __all__ = ["main", "example_lens"]
 
@@ -74,6 +81,10 @@ _EPL = getattr(tsl, "EPL", None)
 EXAMPLE_NOISE_SIGMA = 0.01
 #: FWHM of the example's Gaussian PSF in arcsec (HST/ACS F814W-like).
 EXAMPLE_PSF_FWHM = 0.1
+
+
+_VERBOSE_HELP = ("show TensorFlow's log messages (start-up, XLA compilation, tf.function "
+                 "retracing warnings), which are hidden by default")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Differentiable strong gravitational lensing in TensorFlow.",
     )
     parser.add_argument("--version", action="version", version=f"tfstronglens {tsl.__version__}")
+    parser.add_argument(VERBOSE_OPTION, action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     sim = sub.add_parser(
@@ -247,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--jit-compile", action="store_true",
                     help="compile the training step with XLA (GPU/TPU; slow to compile on CPU)")
     tv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .cli_args import add_strategy_args
+
+    add_strategy_args(tv)  # --strategy (multi-worker: also --seed)
     tv.set_defaults(func=_train_vae)
 
     from .cli_cnn import add_parsers as add_cnn_parsers
@@ -262,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_rim_parsers(sub)
     add_cnn_parsers(sub)
     add_population_parsers(sub)
+    for command in sub.choices.values():  # --verbose after the command works too
+        command.add_argument(VERBOSE_OPTION, action="store_true", default=argparse.SUPPRESS,
+                             help=_VERBOSE_HELP)
     return parser
 
 
@@ -387,6 +405,7 @@ def _simulate_dataset(args) -> int:
 
 
 def _train_vae(args) -> int:
+    from tfstronglens.cli_args import training_strategy, worker_finished
     from tfstronglens.models import train_vae
     from tfstronglens.models.training import is_checkpoint_dir
 
@@ -405,6 +424,7 @@ def _train_vae(args) -> int:
         if args.config is not None:
             raise _UserError("--config applies to TFDS dataset names, not to the saved "
                              f"tf.data directory {dataset!r}")
+    strategy = training_strategy(args)
     report = train_vae(
         dataset, out, epochs=args.epochs, batch_size=args.batch_size,
         latent_dim=args.latent_dim, base_filters=args.base_filters,
@@ -413,7 +433,10 @@ def _train_vae(args) -> int:
         progress=not args.no_progress, max_examples=args.max_examples,
         data_dir=args.data_dir, manual_dir=args.manual_dir, config=args.config,
         jit_compile=args.jit_compile, overwrite=args.overwrite, seed=args.seed,
+        strategy=strategy,
     )
+    if worker_finished(report, "train-vae"):
+        return 0
     chi2 = report["chi2_per_pixel"]
     summary = (f"{report['epochs']} epochs on {report['num_train']} galaxies "
                f"({report['dataset']}); held-out ({report['num_heldout']}) chi2/pixel median "
@@ -440,13 +463,29 @@ def main(argv=None) -> int:
 
     tune_cpu_allocator()  # XLA on CPU: keep freed buffers in the heap (see tfstronglens.runtime)
     try:
-        return args.func(args)
+        with _tensorflow_python_logs(verbose=bool(getattr(args, "verbose", False))):
+            return args.func(args)
     except (_UserError, ValueError, FileExistsError) as exc:
         print(f"tfstronglens {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"tfstronglens {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _tensorflow_python_logs(verbose: bool):
+    """Hide the warnings of TensorFlow's Python logger (``tf.function`` retracing) during
+    a command unless ``verbose``; the logger's level is restored afterwards. The C++ log
+    lines are hidden at start-up (:mod:`tfstronglens.cli_startup`)."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":  # pragma: no cover
