@@ -282,6 +282,16 @@ def _check_same_resume_point(strategy, step, out_dir):
                            "directory must be on storage that every worker sees")
 
 
+def _after_last_checkpoint(strategy, step):
+    """A barrier after ``model.fit``: no worker goes on before the chief has written its
+    last checkpoint and ``state.json`` (its epoch-end callback runs after the last
+    collective step, so a worker could otherwise return, start the next call on the same
+    ``out_dir`` and read the previous checkpoint). Also checks that every worker ended at
+    the same ``step``."""
+    if not _workers_agree(strategy, step):
+        raise RuntimeError(f"the workers ended training at different steps (this one: {step})")
+
+
 def _check_batch_for_replicas(batch_size, strategy, what="batch_size"):
     replicas = int(strategy.num_replicas_in_sync)
     if batch_size is not None and batch_size % replicas:
@@ -813,6 +823,7 @@ def train_vae(dataset, out_dir, *, epochs: int = 20, batch_size: int = 64, laten
         vae.fit(train_batches, epochs=epochs, initial_epoch=initial_epoch,
                 validation_data=val_batches, verbose=1 if progress else 0, shuffle=False,
                 callbacks=[_EpochCheckpoint(ckpt_dir, state, chief)])
+    _after_last_checkpoint(strategy, int(state["epoch"]))
     train_seconds = time.perf_counter() - t0
 
     # ---------------------------------------------------------- final outputs
@@ -1003,6 +1014,7 @@ def train_on_stream(make_model, make_dataset, out_dir, *, steps: int, command: s
         model.fit(_shard_by_data(dataset), epochs=epochs, initial_epoch=initial,
                   steps_per_epoch=every, shuffle=False, verbose=1 if progress else 0,
                   callbacks=[_StepCheckpoint(ckpt_dir, state, every, chief)])
+        _after_last_checkpoint(strategy, int(state["step"]))
     elif progress:
         print(f"{command}: {out_dir!r} already has {state['step']} >= {steps} steps")
     return model, state
