@@ -229,6 +229,9 @@ def _user_env():
     return dict(env, MPLBACKEND="Agg")
 
 
+# slow (two TensorFlow start-ups): the default suite checks the quiet start-up through
+# test_packaging's installed simulate-example (empty stderr)
+@pytest.mark.slow
 def test_command_line_starts_without_tensorflow_messages(tmp_path):
     """``python -m tfstronglens`` prints none of TensorFlow's start-up lines (oneDNN,
     CUDA, CPU features, absl) by default; ``--verbose`` brings them back (so they are

@@ -117,6 +117,9 @@ def test_wheel_holds_every_file_of_the_package(built):
         assert "tfstronglens = tfstronglens.cli:main" in zf.read(metadata[0]).decode()
 
 
+# slow (a TensorFlow start-up and four model loads): the default suite checks the wheel's
+# files (test_wheel_holds_every_file_of_the_package) and runs the installed package
+@pytest.mark.slow
 def test_installed_package_imports_and_loads_its_models_outside_the_checkout(built, tmp_path):
     """``import tfstronglens`` in a process that runs outside the checkout finds the
     installed package, which has every shipped model file (the checkout's bytes), and
