@@ -268,7 +268,11 @@ def test_objective_binds_the_data_and_matches_the_model():
     with tf.GradientTape() as tape:
         tape.watch(x)
         lp = tf.reduce_sum(model.unconstrained_log_posterior(x, data, jit_compile=False))
-    np.testing.assert_allclose(grad, tape.gradient(lp, x), rtol=1e-4, atol=1e-3)
+    # compared row-wise in norm: at prior draws far from the data a gradient reaches 1e7,
+    # and float32 sums of another order differ by ~3e-5 of that in single components
+    want_grad = tape.gradient(lp, x).numpy()
+    err = np.linalg.norm(grad.numpy() - want_grad, axis=1) / np.linalg.norm(want_grad, axis=1)
+    assert np.all(err < 2e-4), err
     like = model.objective(data, "likelihood").value(x).numpy()
     np.testing.assert_allclose(like, model.log_likelihood(model.from_flat(x), data), rtol=1e-5)
     assert obj.render(x).shape == (3, 24, 24)
