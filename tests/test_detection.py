@@ -71,19 +71,92 @@ def test_detects_massive_subhalo():
     assert det0.significance_sigma < 3.0, det0
 
 
-def test_detection_reports_profile_robust_masses():
-    """A short detection run reports, beside M200,
-    the aperture and effective masses, consistent with LensModel.subhalo_masses at its best
-    fit."""
+def test_detection_reports_robust_masses_and_a_null_calibration():
+    """A short detection run and one bootstrap image: beside M200, the aperture and
+    effective masses, consistent with LensModel.subhalo_masses at the best fit; the null
+    calibration of the same search, its empirical p-value one of {1/2, 1}, in the
+    summary.json object."""
+    from tfstronglens.inference import calibrate_null
+    from tfstronglens.inference.pipeline import detection_summary
+
     m1 = LensModel(tsl.Observation(24, 0.08, 2000.0, background_rms=0.05,
                                    psf=tsl.GaussianPSF(0.1)),
                    "sie+shear", amp_scale=10.0, supersample=1, num_subhalos=1,
                    subhalo_profile="PJAFFE", jit_compile=False)
     data = m1.simulate({**TRUTH, **SUB}, seed=3)[0]
-    det = detect_subhalo(m1, data, num_starts=4, num_steps=8, seed=1, progress=False)
+    search = dict(num_starts=4, num_steps=8)
+    det = detect_subhalo(m1, data, seed=1, progress=False, **search)
     best = {k: np.asarray(v)[None] for k, v in det.fit_with.params.items()}
     robust = m1.subhalo_masses(best)
     assert det.mass_aperture == pytest.approx(float(robust["subhalo.0.mass_aperture"][0]))
     assert det.aperture == 0.5 and det.r_pert > 0 and 0 < det.mass_eff < det.mass
     with pytest.raises(AttributeError):
         det.mass = 1.0  # a frozen result
+    cal = calibrate_null(m1, det, num_simulations=1, seed=5, h0_starts=2, progress=False,
+                         **search)
+    assert cal.num_simulations == 1 and cal.null_test_statistics[0] >= 0
+    assert cal.test_statistic == det.test_statistic and cal.p_value in (0.5, 1.0)
+    saved = detection_summary(det, cal)["null_calibration"]
+    assert saved["num_simulations"] == 1 and saved["p_value"] == cal.p_value
+    assert "null_calibration" not in detection_summary(det)
+    with pytest.raises(ValueError, match="num_simulations"):
+        calibrate_null(m1, det, num_simulations=0)
+    with pytest.raises(ValueError, match="fit_without cannot be given"):
+        calibrate_null(m1, det, fit_without=det.fit_without)
+
+
+def test_fit_null_distribution_recovers_a_known_mixture():
+    """The fitted ``w_0 delta_0 + (1 - w_0) chi^2_k`` recovers the mixture it is fed, tells
+    chi^2_3 from chi^2_5, and its tail p-value matches the true one."""
+    from tfstronglens.inference import fit_null_distribution
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    ts = np.where(rng.uniform(size=n) < 0.3, 0.0, rng.chisquare(5, size=n))
+    w0, k = fit_null_distribution(ts)
+    assert w0 == pytest.approx(0.3, abs=0.03) and k == pytest.approx(5.0, abs=0.25)
+    fitted_p = (1 - w0) * stats.chi2.sf(20.0, k)
+    assert fitted_p == pytest.approx(0.7 * stats.chi2.sf(20.0, 5), rel=0.3)
+    _, k3 = fit_null_distribution(rng.chisquare(3, size=n))
+    assert k3 == pytest.approx(3.0, abs=0.2)
+    assert np.isnan(fit_null_distribution([0.0, 0.0, 1.0])[1])
+    for bad in ([], [1.0, -1.0], [np.nan]):
+        with pytest.raises(ValueError, match="test_statistics"):
+            fit_null_distribution(bad)
+
+
+def test_empirical_p_value_is_exact_under_the_null():
+    from tfstronglens.inference import empirical_p_value
+
+    assert empirical_p_value(2.5, [1, 2, 3]) == 0.5
+    assert empirical_p_value(10.0, [1, 2, 3]) == 0.25  # floored at 1 / (B + 1)
+    assert empirical_p_value(0.0, [1, 2, 3]) == 1.0
+    # observation and 19 null draws from one distribution: P(p <= 1/20) = 1/20 exactly
+    rng = np.random.default_rng(1)
+    draws = rng.chisquare(4, size=(4000, 20))
+    p = np.array([empirical_p_value(d[0], d[1:]) for d in draws])
+    rate = np.mean(p <= 0.05)
+    assert abs(rate - 0.05) < 4 * np.sqrt(0.05 * 0.95 / 4000), rate
+    # ... and a shifted observation is rejected far more often (the test has power)
+    shifted = np.array([empirical_p_value(d[0] + 15.0, d[1:]) for d in draws[:500]])
+    assert np.mean(shifted <= 0.05) > 0.5
+    with pytest.raises(ValueError, match="null_samples"):
+        empirical_p_value(1.0, [])
+
+
+def test_null_calibration_summary():
+    from tfstronglens.inference import NullCalibration
+
+    rng = np.random.default_rng(2)
+    null = rng.chisquare(5, size=200)
+    cal = NullCalibration.from_statistics(60.0, null)
+    assert cal.p_value == pytest.approx(1 / 201) and cal.num_simulations == 200
+    # beyond the bootstrap's floor, the fitted tail extrapolates: ~6 sigma for TS = 60
+    assert cal.significance_sigma_fitted > 5.0 > cal.significance_sigma
+    assert cal.null_dof == pytest.approx(5.0, abs=1.0)
+    weak = NullCalibration.from_statistics(4.0, null)
+    assert weak.p_value > 0.3 and weak.significance_sigma_fitted < 1.0
+    d = cal.to_dict()
+    assert d["num_simulations"] == 200 and len(d["null_test_statistics"]) == 200
+    with pytest.raises(AttributeError):
+        cal.p_value = 0.5

@@ -447,6 +447,9 @@ def test_fit_cli_errors_name_the_cli_flags(tiny, tmp_path):
     assert "RIMSource" not in err
     code, _, err = _run(base + ["--max-tree-depth", "31"])
     assert code == 2 and "argument --max-tree-depth: must be an integer from 1 to 30" in err
+    code, _, err = _run(base + ["--method", "map", "--null-simulations", "5"])
+    assert code == 2 and "--null-simulations 5 calibrates the subhalo detection: it needs " \
+        "--subhalos 1 or more" in err, err
     assert not out.exists()
 
 

@@ -136,6 +136,12 @@ def add_fit_options(p):
     p.add_argument("--subhalos", type=_non_negative, default=0, metavar="N",
                    help="number of candidate TNFW subhalos; with N >= 1 the one-subhalo "
                         "detection test is also run (default: 0)")
+    p.add_argument("--null-simulations", type=_non_negative, default=0, metavar="B",
+                   help="calibrate the detection's significance by a parametric bootstrap: "
+                        "B images drawn from the best fit without a subhalo, each searched "
+                        "as the data were (B more detections; summary.json's "
+                        "subhalo_detection.null_calibration). Needs --subhalos >= 1 "
+                        "(default: 0, Wilks' asymptotic significance only)")
     p.add_argument("--source-init", choices=("prior", "rim"), default="prior",
                    help="rim: first fit the lens with --source rim, then start the MAP of "
                         "the vae/pixelated fit there, its source from the RIM's "
@@ -237,6 +243,10 @@ def _fit_kwargs(args):
     if args.neutra and args.surrogate != "iaf":
         raise ValueError("--neutra samples through the VI normalizing flow: it needs "
                          f"--surrogate iaf, got --surrogate {args.surrogate}")
+    null_simulations = getattr(args, "null_simulations", 0)
+    if null_simulations and not getattr(args, "subhalos", 0):
+        raise ValueError(f"--null-simulations {null_simulations} calibrates the subhalo "
+                         f"detection: it needs --subhalos 1 or more")
     # (the LM polish differentiates by finite differences, which would re-run the RIM for
     # every displaced lens parameter: --source rim stops at Adam)
     polish = 0 if getattr(args, "source", None) == "rim" else args.map_polish_steps
@@ -246,7 +256,7 @@ def _fit_kwargs(args):
                 num_burnin=args.num_burnin, max_tree_depth=args.max_tree_depth,
                 hmc_kernel=args.hmc_kernel, neutra=args.neutra,
                 map_polish_steps=polish, progress=not args.no_progress,
-                init=_init(args))
+                init=_init(args), null_simulations=null_simulations)
 
 
 def _init(args):
@@ -460,7 +470,7 @@ def fit_image(args, *, log=None):
 def _run_fit(args, model, obs_img, spec, fit_kwargs, log):
     """The run of :func:`fit_image` (its options validated, its model built, ``--out``
     created): the fit and its output files; returns ``(result, paths)``."""
-    from .inference import ConvergenceWarning, fit_lens, write_fit_outputs
+    from .inference import write_fit_outputs
 
     obs = obs_img.observation
     print(f"tfstronglens {args.command}: {len(model.param_names)} parameters, method "
@@ -476,10 +486,7 @@ def _run_fit(args, model, obs_img, spec, fit_kwargs, log):
         rim_map = find_map(rim_model, num_starts=args.num_starts, num_steps=args.map_steps,
                            seed=args.seed, progress=not args.no_progress)
         map_init = source_init_from_rim(model, rim_map.summary())
-    with warnings.catch_warnings():
-        # (the caller reports result.problems, naming the options to change: _warn_problems)
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        result = fit_lens(model, **fit_kwargs, map_init=map_init,
+    result = _fit_quietly(model, **fit_kwargs, map_init=map_init,
                           checkpoint=os.path.join(args.out, HMC_CHECKPOINT))
     settings = {"image": os.path.abspath(args.image), "lens": args.lens,
                 "model": None if spec is None else spec.to_dict(),
@@ -537,14 +544,32 @@ def _fit(args) -> int:
         print(f"subhalo detection: delta log L = {det.delta_log_likelihood:.2f}, "
               f"significance = {det.significance_sigma:.2f} sigma, mass = {det.mass:.3g} "
               f"M_sun at ({det.center_x:.3f}, {det.center_y:.3f}) arcsec")
+    cal = result.null_calibration
+    if cal is not None:
+        print(f"calibrated by {cal.num_simulations} null simulations: p = {cal.p_value:.3g} "
+              f"({cal.significance_sigma:.2f} sigma; the bootstrap resolves p >= "
+              f"{1 / (cal.num_simulations + 1):.3g}); against the fitted null "
+              f"{cal.null_zero_fraction:.2f} delta_0 + {1 - cal.null_zero_fraction:.2f} "
+              f"chi2_{cal.null_dof:.2f}: {cal.significance_sigma_fitted:.2f} sigma")
     print(f"wrote {', '.join(sorted(os.path.basename(p) for p in paths.values()))} to "
           f"{args.out} in {result.timings['total']:.0f} s")
     _warn_problems(result, "fit")
     return 0
 
 
+def _fit_quietly(*args, **kwargs):
+    """:func:`~tfstronglens.inference.fit_lens` without its ``ConvergenceWarning``: the
+    commands report ``result.problems`` at the end instead, naming the options to change
+    (:func:`_warn_problems`)."""
+    from .inference import ConvergenceWarning, fit_lens
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit_lens(*args, **kwargs)
+
+
 def _demo(args) -> int:
-    from .inference import FIT_OUTPUT_FILES, ConvergenceWarning, fit_lens, write_fit_outputs
+    from .inference import FIT_OUTPUT_FILES, write_fit_outputs
     from .inference.demo import demo_problem, demo_table
 
     fit_kwargs = _fit_kwargs(args)
@@ -558,10 +583,7 @@ def _demo(args) -> int:
     print(f"tfstronglens demo: fitting {len(model.param_names)} parameters "
           f"(method {args.method})", file=sys.stderr)
     checkpoint = None if args.out is None else os.path.join(args.out, HMC_CHECKPOINT)
-    with warnings.catch_warnings():
-        # (said at the end by _warn_problems, naming the options to change)
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        result = fit_lens(model, data, **fit_kwargs, checkpoint=checkpoint,
+    result = _fit_quietly(model, data, **fit_kwargs, checkpoint=checkpoint,
                           detection_starts=25, detection_steps=150)
     print(demo_table(result, truth))
     det = result.detection

@@ -3,7 +3,8 @@ detection (and, when present, HMC/NUTS and diagnostics)."""
 
 from .amortized import AMORTIZED_INITS, amortized_starts
 from .calibration import TARPResult, interval_coverage, tarp_coverage
-from .detection import SubhaloDetection, detect_subhalo, wilks_significance
+from .detection import (NullCalibration, SubhaloDetection, calibrate_null, detect_subhalo,
+                        empirical_p_value, fit_null_distribution, wilks_significance)
 from .diagnostics import (
     effective_sample_size,
     format_summary,
@@ -55,6 +56,10 @@ __all__ = [
     "detect_subhalo",
     "SubhaloDetection",
     "wilks_significance",
+    "calibrate_null",
+    "NullCalibration",
+    "empirical_p_value",
+    "fit_null_distribution",
     "sample_hmc",
     "MCMCResult",
     "potential_scale_reduction",

@@ -44,7 +44,7 @@ import tensorflow as tf
 from ..io._atomic import atomic_output
 from ._util import as_seed, positive_int
 from .amortized import AMORTIZED_INITS, amortized_starts
-from .detection import SubhaloDetection, detect_subhalo
+from .detection import SubhaloDetection, calibrate_null, detect_subhalo
 from .diagnostics import save_samples, summarize
 from .map import MAPResult, find_map
 from .mcmc import sample_hmc
@@ -92,6 +92,8 @@ class FitResult:
         (``subhalo.k.mass_aperture``, ``mass_eff``, ``r_pert``;
         :meth:`LensModel.subhalo_masses`) over the draws; empty without subhalos.
       map, laplace, vi, mcmc, detection: the stage results (``None`` where not run).
+      null_calibration: the detection's :class:`~tfstronglens.inference.NullCalibration`
+        (``None`` unless ``null_simulations`` was given).
       timings: seconds per stage and in total.
       settings: the arguments of the run.
       model, data: what was fitted.
@@ -113,6 +115,7 @@ class FitResult:
     settings: dict
     model: LensModel
     data: np.ndarray
+    null_calibration: object = None
 
     def __repr__(self):
         return (f"FitResult(method={self.method!r}, D={len(self.param_names)}, "
@@ -225,7 +228,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              target_accept: float | None = None, adapt_mass_matrix: str | None = "dense",
              hmc_kernel: str = "nuts", neutra: bool = False, detect: bool | None = None,
              detection_starts: int | None = None, detection_steps: int | None = None,
-             detection_learning_rate: float | None = None,
+             detection_learning_rate: float | None = None, null_simulations: int = 0,
              checkpoint: str | None = None, progress: bool = True,
              hmc_jit_compile: bool | None = None, map_result=None, map_init=None,
              map_init_jitter: float = 0.1, init=None) -> FitResult:
@@ -278,6 +281,11 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         its maximum-likelihood fits (default: ``num_starts``, ``map_steps`` and
         ``0.4 map_learning_rate``: smaller steps keep the converged lens and source while
         the subhalo, started on a grid of positions, moves).
+      null_simulations: when > 0 (and the detection runs), calibrate its test statistic
+        by a parametric bootstrap of this many images drawn from the best fit without a
+        subhalo, each searched as the data were
+        (:func:`~tfstronglens.inference.calibrate_null`; costs as many detections):
+        ``null_calibration``.
       checkpoint: ``.npz`` file for the NUTS state (resumes from it when present).
       progress: progress bars for each stage.
       hmc_jit_compile: compile the NUTS chunks with XLA (default: as the model,
@@ -318,6 +326,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         positive_int(value, name)
     positive_int(num_burnin, "num_burnin", minimum=0)
     positive_int(map_polish_steps, "map_polish_steps", minimum=0)
+    positive_int(null_simulations, "null_simulations", minimum=0)
     lm_steps = map_polish_steps if model.num_params <= _MAX_LM_PARAMS else 0
     if hmc_kernel not in ("nuts", "chees"):
         raise ValueError(f"hmc_kernel must be 'nuts' or 'chees', got {hmc_kernel!r}")
@@ -336,7 +345,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     d = objective.data
     base = as_seed(seed)
     seeds = [tf.constant([int(base[0]) + 1000 * (i + 1), int(base[1])], tf.int32)
-             for i in range(5)]
+             for i in range(6)]
     t_init = None
     if init is not None and not (isinstance(init, str) and init == "prior"):
         t_init = time.perf_counter()
@@ -446,7 +455,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
 
     subhalo_masses = _subhalo_mass_summary(model, x_draws)
 
-    detection = None
+    detection = null_calibration = None
     if detect is None:
         detect = model.num_subhalos > 0
     if detect:
@@ -466,6 +475,12 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             seed=seeds[3], fit_without=fit0,
             progress=progress)
         timings["detection"] = time.perf_counter() - t
+        if null_simulations:
+            null_calibration = calibrate_null(
+                model, detection, null_simulations, seed=seeds[5], progress=progress,
+                num_starts=det_starts, num_steps=det_steps,
+                learning_rate=detection_learning_rate or 0.4 * map_learning_rate)
+            timings["null_calibration"] = null_calibration.wall_time
     timings["total"] = time.perf_counter() - t_start
     settings = dict(method=method, seed=seed, num_starts=num_starts, map_steps=map_steps,
                     init=init if init is None or isinstance(init, str) else "network",
@@ -477,6 +492,7 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     hmc_kernel=hmc_kernel, neutra=bool(neutra), detect=bool(detect),
                     detection_starts=detection_starts, detection_steps=detection_steps,
                     detection_learning_rate=detection_learning_rate,
+                    null_simulations=int(null_simulations),
                     map_reused=map_result is not None)
     if problems:
         warnings.warn(f"fit_lens: the HMC draws did not converge: {'; '.join(problems)}. "
@@ -486,15 +502,16 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                      problems=problems, best_fit=best_fit, map=map_res, laplace=laplace,
                      vi=vi_res, mcmc=mcmc, detection=detection, timings=timings,
                      settings=settings, model=model, subhalo_masses=subhalo_masses,
-                     data=np.asarray(d))
+                     data=np.asarray(d), null_calibration=null_calibration)
 
 
-def detection_summary(det: SubhaloDetection) -> dict:
-    """The JSON-ready ``subhalo_detection`` object of ``summary.json``."""
+def detection_summary(det: SubhaloDetection, null_calibration=None) -> dict:
+    """The JSON-ready ``subhalo_detection`` object of ``summary.json``, with the
+    :class:`~tfstronglens.inference.NullCalibration` of its test statistic when given."""
     def num(v):
         return None if v is None else float(v)
 
-    return {
+    out = {
         "delta_log_likelihood": float(det.delta_log_likelihood),
         "test_statistic": float(det.test_statistic),
         "significance_sigma": float(det.significance_sigma),
@@ -521,6 +538,9 @@ def detection_summary(det: SubhaloDetection) -> dict:
                        "perturbation radius r_pert_arcsec (Minor et al. 2017): these two "
                        "barely depend on the assumed profile"),
     }
+    if null_calibration is not None:
+        out["null_calibration"] = null_calibration.to_dict()
+    return out
 
 
 def _json_safe(obj):
@@ -594,7 +614,8 @@ def _summary_json(result: FitResult, extra_settings: dict | None = None,
                         "subhalo.k.mass (M200c or total mass under the model's profile "
                         "assumptions) they barely depend on the assumed profile"))
     if result.detection is not None:
-        summary["subhalo_detection"] = detection_summary(result.detection)
+        summary["subhalo_detection"] = detection_summary(result.detection,
+                                                         result.null_calibration)
     if truths:
         summary["truths"] = {k: float(v) for k, v in truths.items()}
     if sky:
