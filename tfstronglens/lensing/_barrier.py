@@ -21,10 +21,10 @@ def materialize(x):
     stops that. Values are unchanged.
     """
 
-    def grad(g):
-        return _apply(g)
-
-    return _apply(x), grad
+    # the gradient is itself a ``materialize``, so that it can be differentiated again
+    # (the barrier op has no registered gradient): second derivatives and forward mode
+    # (``tf.autodiff.ForwardAccumulator`` transposes the backward pass) work through it
+    return _apply(x), materialize
 
 
 def _apply(x):
