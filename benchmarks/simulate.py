@@ -103,9 +103,13 @@ def main(argv=None):
     grid = tsl.PixelGrid(NUM_PIX, PIX, supersample=SS, dtype=dtype)
     psf = tsl.GaussianPSF(FWHM, size=KSIZE)
     kernel = psf.kernel(PIX)
-    sim = tsl.Simulator(grid, lens=[tsl.EPL(dtype=dtype), tsl.Shear(dtype=dtype)],
-                        source=[tsl.SersicEllipse(b_n="lenstronomy", dtype=dtype)],
-                        lens_light=[tsl.SersicEllipse(b_n="lenstronomy", dtype=dtype)], psf=psf)
+    def build_sim():
+        return tsl.Simulator(grid, lens=[tsl.EPL(dtype=dtype), tsl.Shear(dtype=dtype)],
+                             source=[tsl.SersicEllipse(b_n="lenstronomy", dtype=dtype)],
+                             lens_light=[tsl.SersicEllipse(b_n="lenstronomy", dtype=dtype)],
+                             psf=psf)
+
+    sim = build_sim()
 
     results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                "tensorflow": tf.__version__, "dtype": dtype, "allocator_tuned": tuned}
@@ -156,13 +160,17 @@ def main(argv=None):
 
     noise = 0.05
 
-    @tf.function(jit_compile=True)
-    def loglike_and_grad(data, lens, source, lens_light):
-        with tf.GradientTape() as tape:
-            tape.watch([lens, source, lens_light])
-            model = sim(lens, source, lens_light)
-            ll = -0.5 * tf.reduce_sum(tf.square((model - data) / noise))
-        return ll, tape.gradient(ll, [lens, source, lens_light])
+    def make_loglike_and_grad(sim):
+        @tf.function(jit_compile=True)
+        def loglike_and_grad(data, lens, source, lens_light):
+            with tf.GradientTape() as tape:
+                tape.watch([lens, source, lens_light])
+                model = sim(lens, source, lens_light)
+                ll = -0.5 * tf.reduce_sum(tf.square((model - data) / noise))
+            return ll, tape.gradient(ll, [lens, source, lens_light])
+        return loglike_and_grad
+
+    loglike_and_grad = make_loglike_and_grad(sim)
 
     for batch in (1, 64):
         params = to_tf(random_params(rng, batch))
@@ -182,6 +190,20 @@ def main(argv=None):
         t_eager = time_calls(lambda: sim(*params).numpy(), max(3, args.repeats // 4))
         results[f"tfstronglens_batch{batch}_eager_call_images_per_s"] = batch / t_eager
 
+    # the XLA barriers around the binned image (tfstronglens.lensing._barrier): the same
+    # value and gradient traced without them
+    from tfstronglens.lensing._barrier import barriers_disabled
+
+    params = to_tf(random_params(rng, 64))
+    data = render(*params) + noise * tf.random.normal([64, NUM_PIX, NUM_PIX], dtype=dtype)
+    with barriers_disabled():  # a new Simulator: its rendering is traced inside the block
+        plain = make_loglike_and_grad(build_sim())
+        plain(data, *params)
+    for name, fn in (("with", loglike_and_grad), ("without", plain)):
+        t = time_calls(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(data, *params)),
+                       args.repeats)
+        results[f"tfstronglens_batch64_value_and_grad_{name}_barriers_images_per_s"] = 64 / t
+
     ref = results["lenstronomy_EPL_images_per_s"]
     print(f"\nConfiguration: {NUM_PIX}x{NUM_PIX} px at {PIX}\", supersample {SS}, EPL+SHEAR, "
           f"SERSIC_ELLIPSE lens light + source, {KSIZE}x{KSIZE} Gaussian PSF FWHM {FWHM}\" "
@@ -198,6 +220,10 @@ def main(argv=None):
               f"({results[f'tfstronglens_batch{batch}_grad_over_forward_net_of_overhead']:.2f} "
               f"net of the {results[f'tfstronglens_batch{batch}_call_overhead_ms']:.2f} ms "
               "per-call overhead)")
+    w, wo = (results[f"tfstronglens_batch64_value_and_grad_{n}_barriers_images_per_s"]
+             for n in ("with", "without"))
+    print(f"XLA barriers, value+gradient at batch 64: {w:.1f} images/s with, {wo:.1f} "
+          f"without: x{w / wo:.2f}")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as fh:

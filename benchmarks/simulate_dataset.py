@@ -2,7 +2,7 @@
 
     TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/simulate_dataset.py [--batch-size 256]
         [--num-batches 5] [--subhalos none,cdm] [--supersample 2] [--instrument euclid_vis]
-        [--n-max 32] [--lens-model epl+shear|sie+shear] [--no-lens-light]
+        [--n-max 32] [--lens-model epl+shear|sie+shear] [--no-lens-light] [--barriers]
 
 Measured on the 2-core development CPU while shared with other jobs (so CPU time per batch
 is the comparable figure), batch 256, euclid_vis 64x64, EPL+shear, Sersic source and lens
@@ -26,7 +26,8 @@ the images of supersample > 1).
 Times ``LensDatasetGenerator.generate_tensors`` (one XLA-compiled call per batch:
 prior draws, ray tracing, Sersic source and lens light, PSF convolution, two S/N
 normalisations, noise) after a warm-up call that compiles, and prints the compile time,
-images/s and CPU time per batch for each subhalo model.
+images/s and CPU time per batch for each subhalo model. ``--barriers`` also times each
+configuration traced without the XLA barriers (``tfstronglens.lensing._barrier``).
 """
 
 import argparse
@@ -49,18 +50,29 @@ def main():
     p.add_argument("--n-max", type=int, default=32)
     p.add_argument("--lens-model", default="epl+shear", choices=["epl+shear", "sie+shear"])
     p.add_argument("--no-lens-light", action="store_true")
+    p.add_argument("--barriers", action="store_true",
+                   help="also time each configuration without the XLA barriers")
     args = p.parse_args()
     from tfstronglens.runtime import tune_cpu_allocator
 
     print(f"malloc tuned: {tune_cpu_allocator()}")
-    for sub in args.subhalos.split(","):
+    import contextlib
+
+    from tfstronglens.lensing._barrier import barriers_disabled
+    from tfstronglens.simulation import generator
+
+    runs = [(sub, barrier) for sub in args.subhalos.split(",")
+            for barrier in ((True, False) if args.barriers else (True,))]
+    for sub, barrier in runs:
         cfg = LensSimulationConfig(instrument=args.instrument, num_pix=args.num_pix,
                                    supersample=args.supersample, subhalo_model=sub,
                                    lens_model=args.lens_model, n_max=args.n_max,
                                    lens_light=not args.no_lens_light)
         gen = LensDatasetGenerator(cfg)
+        generator._FN_CACHE.clear()  # trace anew (with or without the barriers)
         t0 = time.perf_counter()
-        gen.generate_tensors(0, args.batch_size)["image"].numpy()
+        with contextlib.nullcontext() if barrier else barriers_disabled():
+            gen.generate_tensors(0, args.batch_size)["image"].numpy()  # traces here
         t_compile = time.perf_counter() - t0
         t0, c0 = time.perf_counter(), time.process_time()
         for k in range(1, args.num_batches + 1):
@@ -69,7 +81,8 @@ def main():
         n = args.num_batches * args.batch_size
         light = "" if args.no_lens_light else "+lens light"
         print(f"{args.instrument} {args.num_pix}x{args.num_pix} supersample {args.supersample} "
-              f"{args.lens_model}{light}, subhalos={sub} (n_max {cfg.n_max}): "
+              f"{args.lens_model}{light}, subhalos={sub} (n_max {cfg.n_max})"
+              f"{'' if barrier else ', WITHOUT the XLA barriers'}: "
               f"compile+first batch {t_compile:.1f} s, {n / dt:.0f} images/s "
               f"({dt / args.num_batches * 1e3:.0f} ms per batch of {args.batch_size}; "
               f"CPU time {cpu / args.num_batches * 1e3:.0f} ms per batch, "

@@ -1,6 +1,11 @@
-"""An XLA optimization barrier that also applies to the gradient."""
+"""An XLA optimization barrier that also applies to the gradient: the package's one
+XLA:CPU scheduling workaround. ``benchmarks/simulate.py`` (value and gradient of a
+render) and ``benchmarks/simulate_dataset.py`` (the generator) time it against
+:func:`barriers_disabled`; ``benchmarks/README.md`` has the figures."""
 
 from __future__ import annotations
+
+import contextlib
 
 import tensorflow as tf
 
@@ -32,3 +37,15 @@ def _apply(x):
         return tf.identity(x)
     out = _opt_barrier(x)
     return out[0] if isinstance(out, (list, tuple)) else out
+
+
+@contextlib.contextmanager
+def barriers_disabled():
+    """Within the block, functions *traced* anew use a plain identity instead of the
+    barrier (for the benchmarks that measure what the barrier buys)."""
+    global _opt_barrier
+    saved, _opt_barrier = _opt_barrier, None
+    try:
+        yield
+    finally:
+        _opt_barrier = saved
