@@ -63,17 +63,17 @@ data's ``H0`` fit starts from its MAP) and compares the observed ``TS`` with tho
 region, for the boundary, and for what the finite optimisation does under ``H0``. Two
 numbers come out:
 
-* the empirical ``p = (1 + #{TS_b >= TS}) / (B + 1)`` (Davison & Hinkley 1997, eq. 4.11;
-  North et al. 2002), exact in distribution but floored at ``1 / (B + 1)``: 20 simulations
+* the empirical ``p = (1 + #{TS_b >= TS}) / (B + 1)`` (Davison & Hinkley 1997, ch. 4;
+  North, Curtis & Sham 2002), valid at every ``B`` but floored at ``1 / (B + 1)``: 20 simulations
   resolve at most ~1.7 sigma, 5 sigma would need ~10^7;
 * a tail extrapolation: :func:`fit_null_distribution` fits the mixture
   ``w_0 delta_0 + (1 - w_0) chi^2_k`` to the ``TS_b`` by maximum likelihood (``w_0`` the
   fraction with ``TS = 0``, ``k`` free and not an integer), and ``p = (1 - w_0)
-  P(chi^2_k > TS)``. This is the "effective degrees of freedom" calibration of the
-  look-elsewhere effect (Gross & Vitells 2010 use ``chi^2`` tails in the same way); it
-  assumes the tail keeps the ``chi^2`` shape the bulk has, which the 50-image study
-  supports (``chi^2_5``, KS p = 0.73) but which ``B`` simulations cannot test beyond
-  ``1/B``.
+  P(chi^2_k > TS)``: an "effective degrees of freedom" approximation of the
+  look-elsewhere effect, not a theorem (the asymptotic tail of a maximum over positions
+  is that of Gross & Vitells 2010, which such a ``chi^2`` follows only approximately).
+  It assumes the tail keeps the shape of the bulk, which the 50-image study supports
+  (``chi^2_5``, KS p = 0.73) but which ``B`` simulations cannot test beyond ``1/B``.
 """
 
 from __future__ import annotations
