@@ -23,6 +23,8 @@ __all__ = [
     "check_finite",
     "largest_ellipticity",
     "broadcast_shapes",
+    "positive_int",
+    "positive_float",
 ]
 
 _ALLOWED_DTYPES = (tf.float32, tf.float64)
@@ -164,3 +166,21 @@ def broadcast_shapes(named_shapes, context: str = "") -> tf.TensorShape:
             ) from None
         seen.append((name, shape))
     return result
+
+
+def positive_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) ``>= minimum``, else a
+    ``ValueError`` naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def positive_float(value, name: str, allow_zero: bool = False) -> float:
+    """``value`` as a ``float`` if it is a finite real number (not a bool) ``> 0`` (``>= 0``
+    with ``allow_zero``), else a ``ValueError`` naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not np.isfinite(value) or (value < 0 if allow_zero else value <= 0):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a finite {kind} number, got {value!r}")
+    return float(value)

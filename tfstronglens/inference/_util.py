@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from .._validation import positive_float, positive_int  # the inference modules' import
 
 __all__ = ["as_seed", "positive_int", "positive_float", "progress_bar"]
 
@@ -24,20 +25,6 @@ def as_seed(seed, name: str = "seed"):
     if not t.dtype.is_integer or t.shape.as_list() != [2]:
         raise ValueError(f"{name} must be an integer or a shape-[2] integer tensor, got {seed!r}")
     return tf.cast(t, tf.int32)
-
-
-def positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def positive_float(value, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-            not np.isfinite(value) or (value < 0 if allow_zero else value <= 0):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a finite {kind} number, got {value!r}")
-    return float(value)
 
 
 class _NoBar:

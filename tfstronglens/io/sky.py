@@ -74,10 +74,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import warnings
 
 import numpy as np
+
+from .._validation import positive_float, positive_int
 
 __all__ = ["SkyFrame", "tangent_offsets", "sky_summary", "format_sky_summary"]
 
@@ -145,16 +146,12 @@ class SkyFrame:
           pixel_scale: the model's pixel scale in arcsec (> 0).
           flip_y: the header's image is stored with row 0 at ``+y``.
         """
-        if isinstance(num_pix, bool) or not isinstance(num_pix, numbers.Integral) or num_pix < 1:
-            raise ValueError(f"num_pix must be a positive integer, got {num_pix!r}")
-        if (isinstance(pixel_scale, bool) or not isinstance(pixel_scale, numbers.Real)
-                or not math.isfinite(pixel_scale) or pixel_scale <= 0):
-            raise ValueError(f"pixel_scale must be a positive number (arcsec), got "
-                             f"{pixel_scale!r}")
+        num_pix = positive_int(num_pix, "num_pix")
+        pixel_scale = positive_float(pixel_scale, "pixel_scale")
         wcs = _celestial_wcs(header)
         if wcs is None:
             return None
-        return cls(wcs, int(num_pix), float(pixel_scale), bool(flip_y))
+        return cls(wcs, num_pix, pixel_scale, bool(flip_y))
 
     # ------------------------------------------------------------- mappings
     def pixel(self, x, y):
