@@ -2,7 +2,7 @@
 false positives a boxy/disky lens (an m = 4 multipole) fakes without multipoles in the model.
 
     python benchmarks/subhalo_null.py [--num-null 50] [--num-multipole 20] [--starts 16]
-        [--only 13,22,39] [--bootstrap B]
+        [--only 13,22,39] [--only-multipole 3,6] [--bootstrap B]
 
 Images: 50x50 pixels of 0.05" with a Gaussian PSF of FWHM 0.1", an SIE + shear lens
 (theta_E ~ U[0.7, 0.9]", random ellipticity and shear) of an elliptical Sersic source at a
@@ -97,6 +97,8 @@ def main():
     p.add_argument("--starts", type=int, default=16)
     p.add_argument("--only", default=None, metavar="I,J,...",
                    help="fit only these null images (the others are drawn and skipped)")
+    p.add_argument("--only-multipole", default=None, metavar="I,J,...",
+                   help="fit only these multipole images (the others are drawn and skipped)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="B",
                    help="calibrate each null image's statistic with B bootstrap images")
     args = p.parse_args()
@@ -157,8 +159,12 @@ def main():
         plain = LensModel(obs, "sie+shear", source, **common)
         with_m4 = LensModel(obs, "sie+shear+m4", source, **common)
         rows = []
+        only_m = (None if args.only_multipole is None
+                  else {int(v) for v in args.only_multipole.split(",")})
         for i in range(args.num_multipole):
             data = draw(rng, multipole=True)
+            if only_m is not None and i not in only_m:
+                continue
             d0, t0 = detect(plain, data, args.starts, seed=100 + i)
             d1, t1 = detect(with_m4, data, args.starts, seed=100 + i)
             rows.append((d0.significance_sigma, d1.significance_sigma))
