@@ -59,7 +59,6 @@ def main():
     import contextlib
 
     from tfstronglens.lensing._barrier import barriers_disabled
-    from tfstronglens.simulation import generator
 
     runs = [(sub, barrier) for sub in args.subhalos.split(",")
             for barrier in ((True, False) if args.barriers else (True,))]
@@ -69,7 +68,6 @@ def main():
                                    lens_model=args.lens_model, n_max=args.n_max,
                                    lens_light=not args.no_lens_light)
         gen = LensDatasetGenerator(cfg)
-        generator._FN_CACHE.clear()  # trace anew (with or without the barriers)
         t0 = time.perf_counter()
         with contextlib.nullcontext() if barrier else barriers_disabled():
             gen.generate_tensors(0, args.batch_size)["image"].numpy()  # traces here

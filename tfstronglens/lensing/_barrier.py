@@ -39,6 +39,12 @@ def _apply(x):
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
+def barriers_enabled() -> bool:
+    """Whether functions traced now get the barrier (False inside
+    :func:`barriers_disabled`): part of the key of caches of traced functions."""
+    return _opt_barrier is not None
+
+
 @contextlib.contextmanager
 def barriers_disabled():
     """Within the block, functions *traced* anew use a plain identity instead of the

@@ -62,7 +62,7 @@ import tensorflow_probability as tfp
 
 from .._validation import check_fields
 from ..profiles.shorthands import LENS_SHORTHAND_COMPONENTS
-from ..lensing._barrier import materialize
+from ..lensing._barrier import barriers_enabled, materialize
 from ..lensing.grid import PixelGrid
 from ..observation import LensCosmology, Observation, SubhaloPopulation, get_instrument
 from ..observation.subhalos import subhalo_deflection, subhalo_lens_kwargs
@@ -686,10 +686,11 @@ class LensDatasetGenerator:
         return ax, ay
 
     def _fn(self, batch_size: int):
-        # shared by generators whose configs differ only in the seed (the seed is an input)
+        # shared by generators whose configs differ only in the seed (the seed is an input);
+        # the barrier setting changes what is traced (benchmarks/simulate_dataset.py)
         key = (json.dumps({k: v for k, v in self.config.to_dict().items() if k != "seed"},
                           sort_keys=True), batch_size,
-               id(self.source_sampler) if self._custom_sampler else None)
+               id(self.source_sampler) if self._custom_sampler else None, barriers_enabled())
         if key not in _FN_CACHE:
             if len(_FN_CACHE) >= 16:
                 _FN_CACHE.pop(next(iter(_FN_CACHE)))
