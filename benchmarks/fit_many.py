@@ -32,11 +32,11 @@ import sys
 import tempfile
 import time
 
-FIT_MAP = ["--lens", "sie+shear", "--lens-light", "sersic", "--source", "sersic",
-           "--method", "map", "--num-starts", "16", "--map-steps", "300"]
-FIT_HMC = ["--lens", "sie+shear", "--lens-light", "sersic", "--source", "sersic",
-           "--method", "hmc", "--num-starts", "16", "--map-steps", "300",
-           "--num-chains", "4", "--num-results", "200", "--num-burnin", "200"]
+FIT_MODEL = ["--lens", "sie+shear", "--lens-light", "sersic", "--source", "sersic",
+             "--num-starts", "16", "--map-steps", "300"]
+FIT_MAP = FIT_MODEL + ["--method", "map"]
+FIT_HMC = FIT_MODEL + ["--method", "hmc", "--num-chains", "4", "--num-results", "200",
+                       "--num-burnin", "200"]
 
 
 def _run(cmd, env):

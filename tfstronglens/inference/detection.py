@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
 
 import numpy as np
@@ -98,6 +99,11 @@ from .model import LensModel
 
 __all__ = ["detect_subhalo", "SubhaloDetection", "wilks_significance", "calibrate_null",
            "NullCalibration", "fit_null_distribution", "empirical_p_value"]
+
+
+def _gaussian_sigma(p):
+    """The one-sided Gaussian significance of p-values ``p``, floored at 0 (NaN stays NaN)."""
+    return np.maximum(stats.norm.isf(p), 0.0)
 
 
 def wilks_significance(delta_log_likelihood, dof: int = 3, boundary: bool = True):
@@ -114,7 +120,7 @@ def wilks_significance(delta_log_likelihood, dof: int = 3, boundary: bool = True
     ts = 2.0 * np.maximum(dll, 0.0)
     p = stats.chi2.sf(ts, dof) * (0.5 if boundary else 1.0)
     p = np.where(ts > 0, p, 1.0 if not boundary else 0.5)
-    sigma = np.maximum(stats.norm.isf(p), 0.0)
+    sigma = _gaussian_sigma(p)
     if sigma.ndim == 0:
         return float(sigma), float(p)
     return sigma, p
@@ -195,19 +201,23 @@ def _subhalo_starts(model_with, fit0: MAPResult, num_starts, seed):
     draws.update({name: tf.constant(v, model_with.dtype) for name, v in init.items()})
     x = np.array(model_with.to_flat(draws))
     x0 = np.asarray(fit0.x)
-    index0 = {name: i for i, name in enumerate(fit0.param_names)}
-    for j, name in enumerate(model_with.param_names):
-        if name in index0:
-            x[:, j] = x0[index0[name]]
+    for j, i in _shared_columns(model_with.param_names, fit0.param_names):
+        x[:, j] = x0[i]
     return x
+
+
+def _shared_columns(names_to, names_from):
+    """``(j, i)`` for every parameter name at column ``j`` of ``names_to`` and ``i`` of
+    ``names_from``: how H0's and H1's unconstrained points map onto each other."""
+    index = {name: i for i, name in enumerate(names_from)}
+    return [(j, index[name]) for j, name in enumerate(names_to) if name in index]
 
 
 def _smooth_part(model_without, fit_with: MAPResult):
     """The point ``[D0]`` (unconstrained) of the model without subhalos at ``fit_with``'s
     best lens and source."""
-    index = {name: i for i, name in enumerate(fit_with.param_names)}
-    x1 = np.asarray(fit_with.x)
-    return np.array([x1[index[name]] for name in model_without.param_names])
+    pairs = _shared_columns(model_without.param_names, fit_with.param_names)
+    return np.asarray(fit_with.x)[[i for _, i in pairs]]
 
 
 def detect_subhalo(model: LensModel, data=None, num_starts: int = 64, num_steps: int = 500,
@@ -370,11 +380,10 @@ class NullCalibration:
             p_fit = float("nan")
         else:
             p_fit = float((1.0 - w0) * stats.chi2.sf(ts, k)) if ts > 0 else 1.0
-        sigma = lambda q: float("nan") if not math.isfinite(q) else max(  # noqa: E731
-            float(stats.norm.isf(q)), 0.0)
         return cls(test_statistic=ts, null_test_statistics=null, p_value=p,
-                   significance_sigma=sigma(p), null_zero_fraction=w0, null_dof=k,
-                   p_value_fitted=p_fit, significance_sigma_fitted=sigma(p_fit),
+                   significance_sigma=float(_gaussian_sigma(p)), null_zero_fraction=w0,
+                   null_dof=k, p_value_fitted=p_fit,
+                   significance_sigma_fitted=float(_gaussian_sigma(p_fit)),
                    wall_time=float(wall_time))
 
     def to_dict(self) -> dict:
@@ -415,8 +424,6 @@ def calibrate_null(model: LensModel, detection: SubhaloDetection, num_simulation
     Returns:
       a :class:`NullCalibration`. Cost: ``B`` detections.
     """
-    import time
-
     if not isinstance(detection, SubhaloDetection):
         raise ValueError(f"detection must be a SubhaloDetection, got {detection!r}")
     B = positive_int(num_simulations, "num_simulations")

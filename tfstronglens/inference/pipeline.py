@@ -469,17 +469,15 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         fit0 = find_map(m0, d, num_starts=max(1, min(8, det_starts)), num_steps=det_steps,
                         learning_rate=0.2 * map_learning_rate, seed=seeds[4], init=init0,
                         init_jitter=0.02, objective="likelihood", progress=progress)
+        det_lr = detection_learning_rate or 0.4 * map_learning_rate
         detection = detect_subhalo(
-            model, d, num_starts=det_starts, num_steps=det_steps,
-            learning_rate=detection_learning_rate or 0.4 * map_learning_rate,
-            seed=seeds[3], fit_without=fit0,
-            progress=progress)
+            model, d, num_starts=det_starts, num_steps=det_steps, learning_rate=det_lr,
+            seed=seeds[3], fit_without=fit0, progress=progress)
         timings["detection"] = time.perf_counter() - t
         if null_simulations:
             null_calibration = calibrate_null(
                 model, detection, null_simulations, seed=seeds[5], progress=progress,
-                num_starts=det_starts, num_steps=det_steps,
-                learning_rate=detection_learning_rate or 0.4 * map_learning_rate)
+                num_starts=det_starts, num_steps=det_steps, learning_rate=det_lr)
             timings["null_calibration"] = null_calibration.wall_time
     timings["total"] = time.perf_counter() - t_start
     settings = dict(method=method, seed=seed, num_starts=num_starts, map_steps=map_steps,
