@@ -44,6 +44,7 @@ import tensorflow as tf  # noqa: E402
 
 import tfstronglens as tsl  # noqa: E402
 from tfstronglens.inference import LensModel, build_model, fit_lens  # noqa: E402
+from tfstronglens.inference.samplers import self_tuning_samplers  # noqa: E402
 
 NUM_PIX, PIX, SS, FWHM, KSIZE = 60, 0.065, 2, 0.1, 7  # as benchmarks/simulate.py
 
@@ -174,7 +175,7 @@ def main(argv=None):
     ap.add_argument("--adapt-mass-matrix", default="dense",
                     choices=["dense", "diag", "none"],
                     help="NUTS metric learned in burn-in windows (fit_lens default: dense)")
-    ap.add_argument("--kernel", default="nuts", choices=["nuts", "chees"],
+    ap.add_argument("--kernel", default="nuts", choices=self_tuning_samplers(),
                     help="fit_lens hmc_kernel: NUTS (default) or ChEES-HMC (use many chains, "
                          "e.g. --num-chains 32)")
     ap.add_argument("--target-accept", type=float, default=None,

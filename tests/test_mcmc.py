@@ -6,6 +6,7 @@ five compiled chunk runners: one Gaussian target whose mean and precision are
 serves every Gaussian of the same dimension), a funnel, and a 75-dimensional Gaussian.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -354,6 +355,56 @@ def test_chees_hmc_many_chains_learns_metric_and_trajectory(gauss, rng, tmp_path
     np.testing.assert_array_equal(a.samples, b.samples)
     with pytest.raises(ValueError, match="step_size must be a scalar for kernel='chees'"):
         sample_hmc(gauss.log_prob, init, **dict(short, step_size=np.linspace(0.1, 0.2, 16)))
+
+
+def test_a_new_sampler_is_one_subclass_and_neutra_samples_through_a_bijector(
+        gauss, rng, tmp_path):
+    """MALA written as a :class:`Sampler` subclass (one leapfrog step) runs through the
+    generic driver, with a checkpoint resumed exactly; with ``transform`` the chains run
+    on the base variable of an affine bijector that maps N(0, I) onto the target, so the
+    base draws are standard normal and the draws are the target's."""
+    import tensorflow_probability as tfp
+
+    from tfstronglens.inference.samplers import SAMPLERS, Sampler, _hmc_statistics
+
+    class MALA(Sampler):
+        name = "test-mala"
+
+        def kernel(self, target_log_prob_fn, step_size, num_adaptation_steps):
+            return tfp.mcmc.HamiltonianMonteCarlo(target_log_prob_fn, step_size=step_size,
+                                                  num_leapfrog_steps=1)
+
+        def statistics(self, results, dtype):
+            return _hmc_statistics(results, 1, dtype)
+
+    try:
+        assert SAMPLERS["test-mala"] is MALA
+        mean = rng.normal(size=D)
+        cov = random_cov(rng, D, cond=30.0)
+        gauss.set(mean, cov)
+        chol = np.linalg.cholesky(cov).astype(np.float32)
+        affine = tfp.bijectors.Chain([tfp.bijectors.Shift(mean.astype(np.float32)),
+                                      tfp.bijectors.ScaleMatvecTriL(chol)])
+        kw = dict(kernel="test-mala", num_results=600, num_burnin=200, seed=4,
+                  chunk_size=CHUNK, progress=False, transform=affine)
+        init = rng.normal(size=(4, D))
+        res = sample_hmc(gauss.log_prob, init, **kw)
+        assert res.kernel == "test-mala" and np.all(res.sample_stats["n_steps"] == 1)
+        assert_moments(res.base_samples, np.zeros(D), np.eye(D))
+        assert_moments(res.samples, mean, cov)
+        np.testing.assert_allclose(res.samples, affine.forward(res.base_samples).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+        assert res.warmup_base_samples.shape == res.warmup_samples.shape == (200, 4, D)
+        ckpt = str(tmp_path / "mala.npz")
+        run_until_interrupted(gauss.log_prob, init, ckpt, 300, **kw)
+        resumed = sample_hmc(gauss.log_prob, init, checkpoint=ckpt, **kw)
+        assert resumed.resumed_from_step == 300
+        np.testing.assert_array_equal(resumed.samples, res.samples)
+        np.testing.assert_array_equal(resumed.base_samples, res.base_samples)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            res.samples = None
+    finally:
+        SAMPLERS.pop("test-mala", None)
 
 
 def test_bad_arguments_raise_value_error_naming_them(gauss):

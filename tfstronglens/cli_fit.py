@@ -35,6 +35,8 @@ _OVERWRITE_HELP = ("start a fresh run in DIR even if it is not empty: the output
 
 
 def _add_inference_args(p, defaults):
+    from .inference.samplers import self_tuning_samplers
+
     g = p.add_argument_group("inference settings")
     g.add_argument("--method", choices=_METHODS, default=defaults["method"],
                    help="map: multi-start MAP (Adam, then Levenberg-Marquardt) + Laplace; "
@@ -71,7 +73,7 @@ def _add_inference_args(p, defaults):
     g.add_argument("--max-tree-depth", type=_positive_int(30), default=8,
                    help="NUTS maximum tree depth; for ChEES the trajectory cap is "
                         "2**depth - 1 leapfrog steps (default: %(default)s)")
-    g.add_argument("--hmc-kernel", choices=("nuts", "chees"), default="nuts",
+    g.add_argument("--hmc-kernel", choices=self_tuning_samplers(), default="nuts",
                    help="sampler of --method hmc: nuts, or chees (ChEES-HMC: jittered "
                         "trajectories of adapted length, one step size for all chains; "
                         "use many chains, e.g. --num-chains 32) (default: %(default)s)")

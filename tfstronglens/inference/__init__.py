@@ -14,6 +14,7 @@ from .diagnostics import (
 )
 from .map import MAPResult, find_map, polish_levenberg_marquardt
 from .mcmc import MCMCResult, sample_hmc
+from .samplers import SAMPLERS, Sampler
 from .model import LensModel, build_model, log_uniform
 from .pipeline import (FIT_OUTPUT_FILES, ConvergenceWarning, FitResult, fit_lens, hmc_advice,
                        write_fit_outputs)
@@ -61,6 +62,8 @@ __all__ = [
     "empirical_p_value",
     "fit_null_distribution",
     "sample_hmc",
+    "Sampler",
+    "SAMPLERS",
     "MCMCResult",
     "potential_scale_reduction",
     "effective_sample_size",

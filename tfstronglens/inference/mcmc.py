@@ -1,14 +1,14 @@
-"""Hamiltonian Monte Carlo (NUTS, ChEES-HMC or fixed-length HMC) on a generic
-unconstrained target.
+"""The chunked HMC driver: :func:`sample_hmc` on a generic unconstrained target.
 
-:func:`sample_hmc` runs ``num_chains`` chains of ``tfp.mcmc.NoUTurnSampler``,
-ChEES-HMC (``tfp.experimental.mcmc.GradientBasedTrajectoryLengthAdaptation`` around
-``tfp.mcmc.HamiltonianMonteCarlo``) or plain ``tfp.mcmc.HamiltonianMonteCarlo`` in
-XLA-compiled chunks of steps, adapting the step size
-by dual averaging during burn-in, optionally preconditioned by a covariance estimate (the
-"mass matrix", e.g. the VI posterior covariance), with a progress bar, atomic
-checkpoints that a rerun resumes from, and the diagnostics that tell whether to trust the
-draws (acceptance, divergences, tree depths; R-hat and ESS in :mod:`.diagnostics`).
+:func:`sample_hmc` runs ``num_chains`` chains of a transition kernel from
+:mod:`.samplers` (NUTS, ChEES-HMC, fixed-length HMC, or any registered
+:class:`~.samplers.Sampler`) in XLA-compiled chunks of steps. Around the kernel it does
+what every sampler needs: step-size adaptation by dual averaging during burn-in,
+preconditioning by a covariance estimate (the "mass matrix", given, e.g. the VI posterior
+covariance, or adapted in Stan's warm-up windows), NeuTra through a bijector, a progress
+bar, atomic checkpoints that a rerun resumes from bit-exactly, ``tf.distribute``
+replicas, and the diagnostics that tell whether to trust the draws (acceptance,
+divergences, tree depths; R-hat and ESS in :mod:`.diagnostics`).
 
 The target is any ``log_prob_fn(x) -> [num_chains]`` on ``x[num_chains, D]`` in
 unconstrained space; for a lens model that is ``LensModel.unconstrained_log_posterior``.
@@ -33,16 +33,14 @@ import tensorflow_probability as tfp
 from .._validation import resolve_dtype
 from ..io._atomic import atomic_output, check_output_path
 from . import diagnostics
+from .samplers import get_sampler
 
 __all__ = ["sample_hmc", "MCMCResult", "clear_compile_cache", "adaptation_windows"]
 
 tfm = tfp.mcmc
 
-_KERNELS = ("nuts", "hmc", "chees")
 _CHECKPOINT_VERSION = 2
 _ADAPT_KINDS = (None, "diag", "dense")
-# HMC has no divergence flag of its own; NUTS uses max_energy_diff = 1000 (Stan's value).
-_MAX_ENERGY_ERROR = 1000.0
 # Compiled chunk runners, reused by later calls with the same target and static settings.
 _COMPILE_CACHE: "collections.OrderedDict" = collections.OrderedDict()
 _COMPILE_CACHE_SIZE = 8
@@ -53,14 +51,15 @@ def clear_compile_cache():
     _COMPILE_CACHE.clear()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MCMCResult:
     r"""Draws and diagnostics of :func:`sample_hmc`.
 
     Attributes:
       samples: ``[num_results, num_chains, D]`` draws of ``x`` (unconstrained space),
         numpy, in the dtype of the run.
-      log_prob: ``[num_results, num_chains]`` ``log_prob_fn`` at each draw.
+      log_prob: ``[num_results, num_chains]`` the sampled target at each draw
+        (``log_prob_fn``; with ``transform``, the base-space target).
       sample_stats: per-draw sampler statistics ``[num_results, num_chains]``, with
         ArviZ's names: ``lp`` (= ``log_prob``), ``acceptance_rate`` (mean Metropolis
         acceptance probability of the transition: over the trajectory for NUTS),
@@ -75,7 +74,7 @@ class MCMCResult:
       warmup_stats: the same statistics as ``sample_stats`` for the burn-in steps.
       step_size: ``[num_chains]`` final (adapted) step size (ChEES: the same for all
         chains of a replica).
-      kernel: ``"nuts"``, ``"chees"`` or ``"hmc"``.
+      kernel: the sampler's name (``"nuts"``, ``"chees"``, ``"hmc"``, ...; :mod:`.samplers`).
       timing: seconds: ``total`` (this call), ``warmup``, ``sampling`` (steps run in
         this call), ``first_chunk`` (includes XLA compilation), ``compile_estimate``
         (first chunk minus the per-step time of the others, times its steps).
@@ -85,6 +84,8 @@ class MCMCResult:
         in, or the last one adapted during burn-in (``adapt_mass_matrix``).
       warmup_samples: ``[num_burnin, num_chains, D]`` burn-in draws (None when resumed
         from a checkpoint written by an older version).
+      base_samples, warmup_base_samples: with ``transform`` (NeuTra), the draws of the
+        base variable ``z`` (``samples = transform.forward(base_samples)``); else None.
     """
 
     samples: np.ndarray
@@ -98,6 +99,8 @@ class MCMCResult:
     resumed_from_step: int = 0
     mass_matrix: np.ndarray | None = None
     warmup_samples: np.ndarray | None = None
+    base_samples: np.ndarray | None = None
+    warmup_base_samples: np.ndarray | None = None
 
     @property
     def num_results(self) -> int:
@@ -296,8 +299,8 @@ def _estimate_covariance(xw, kind):
 # ------------------------------------------------------------------------------------
 
 
-def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth,
-                       chunk_size, mode, jit_compile):
+def _make_chunk_runner(log_prob_fn, trace_fn, sampler, transform, chunk_size, mode,
+                       jit_compile):
     """A tf.function running up to ``chunk_size`` transitions from a given adaptation state.
 
     Every argument that may change between calls of :func:`sample_hmc` with the same
@@ -306,99 +309,60 @@ def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tr
     serves warm-up, sampling, the last short chunk, resumed runs and repeated runs.
     """
 
-    def to_x(u, scale):
+    def to_z(u, scale):
         if mode == "none":
             return u
         if mode == "diag":
             return u * scale
         return tf.linalg.matvec(scale, u)
 
-    def run(u, error_sum, log_averaging_step, new_step_size, init_step_size, chees_state,
+    def run(u, error_sum, log_averaging_step, new_step_size, init_step_size, sampler_state,
             step0, n_steps, seed, scale, adapt_start, num_adaptation_steps, target_accept):
         dtype = u.dtype
 
-        def target(v):
-            return log_prob_fn(to_x(v, scale))
+        if transform is None:
+            def target(v):
+                return log_prob_fn(to_z(v, scale))
+        else:
+            def target(v):
+                z = to_z(v, scale)
+                return (log_prob_fn(transform.forward(z))
+                        + transform.forward_log_det_jacobian(z, event_ndims=1))
 
-        shared = kernel == "chees"  # one step size for all chains (of this replica)
-        if shared:
-            # ChEES-HMC (Hoffman, Radul & Sountsov 2021): jittered trajectory length
-            # adapted to maximise the expected squared jump of the chains' centred
-            # second moments; the step size is shared across chains and adapted on the
-            # harmonic mean of their acceptance probabilities.
+        if sampler.shares_step_size:  # one step size per replica: scalars here
             error_sum, log_averaging_step, new_step_size, init_step_size = (
                 tf.reshape(t, []) for t in (error_sum, log_averaging_step, new_step_size,
                                             init_step_size))
-            hmc = tfm.HamiltonianMonteCarlo(target, step_size=init_step_size,
-                                            num_leapfrog_steps=1)
-            inner = tfp.experimental.mcmc.GradientBasedTrajectoryLengthAdaptation(
-                hmc, num_adaptation_steps=num_adaptation_steps - adapt_start,
-                max_leapfrog_steps=2 ** max_tree_depth - 1)
-            reduce_fn = tfp.math.reduce_log_harmonic_mean_exp
-        elif kernel == "nuts":
-            inner = tfm.NoUTurnSampler(
-                target, step_size=init_step_size, max_tree_depth=max_tree_depth,
-                max_energy_diff=_MAX_ENERGY_ERROR)
-            reduce_fn = tfp.math.reduce_logmeanexp
-        else:
-            inner = tfm.HamiltonianMonteCarlo(
-                target, step_size=init_step_size, num_leapfrog_steps=num_leapfrog_steps)
-            reduce_fn = tfp.math.reduce_logmeanexp
         # Step-size adaptation restarts at ``adapt_start`` (0, or the end of the last
         # mass-matrix window) and ends with the burn-in.
+        window_steps = num_adaptation_steps - adapt_start
         adaptive = tfm.DualAveragingStepSizeAdaptation(
-            inner, num_adaptation_steps=num_adaptation_steps - adapt_start,
-            target_accept_prob=target_accept, reduce_fn=reduce_fn)
+            sampler.kernel(target, init_step_size, window_steps),
+            num_adaptation_steps=window_steps, target_accept_prob=target_accept,
+            reduce_fn=sampler.reduce_fn)
         # Fresh results for the current state (one gradient), then the carried
-        # adaptation state: step counter, error sum, averaged and current step size.
+        # adaptation state: step counter, error sum, averaged and current step size, and
+        # the sampler's own.
         kr = adaptive.bootstrap_results(u)
         kr = kr._replace(step=step0 - adapt_start, error_sum=[error_sum],
                          log_averaging_step=[log_averaging_step], new_step_size=new_step_size)
-        if shared:
-            # Carried ChEES state: trajectory length (whitened units), its running
-            # average and the RMSProp normaliser; the counter restarts with the step size.
-            cs = tf.reshape(chees_state, [3])
-            kr = kr._replace(inner_results=kr.inner_results._replace(
-                max_trajectory_length=cs[0], averaged_max_trajectory_length=cs[1],
-                averaged_sq_grad=cs[2], step=step0 - adapt_start))
+        if sampler.state_names:
+            kr = kr._replace(inner_results=sampler.restore_state(
+                kr.inner_results, tf.reshape(sampler_state, [len(sampler.state_names)]),
+                step0 - adapt_start))
 
         def record(v, kr):
-            if kernel == "nuts":
-                ir = kr.inner_results
-                lp = ir.target_log_prob
-                lar = ir.log_accept_ratio
-                n = tf.cast(ir.leapfrogs_taken, dtype)
-                rec = {
-                    "lp": lp,
-                    "diverging": ir.has_divergence,
-                    "n_steps": n,
-                    "tree_depth": tf.math.ceil(tf.math.log(n + 1.0) / np.log(2.0) - 1e-3),
-                    "reached_max_treedepth": ir.reach_max_depth,
-                }
-                ss = ir.step_size
-            else:
-                ir = kr.inner_results.inner_results if shared else kr.inner_results
-                lp = ir.accepted_results.target_log_prob
-                lar = ir.log_accept_ratio
-                energy_error = -lar
-                steps = (ir.accepted_results.num_leapfrog_steps if shared
-                         else num_leapfrog_steps)
-                rec = {
-                    "lp": lp,
-                    "diverging": ~(tf.math.abs(energy_error) < _MAX_ENERGY_ERROR),
-                    "n_steps": tf.fill(tf.shape(lp), tf.cast(steps, dtype)),
-                    "energy_error": energy_error,
-                }
-                if shared:
-                    rec["trajectory_length"] = tf.fill(
-                        tf.shape(lp), kr.inner_results.max_trajectory_length)
-                ss = ir.accepted_results.step_size
+            rec, lar, ss = sampler.statistics(kr.inner_results, dtype)
+            rec = dict(rec)
             rec["acceptance_rate"] = tf.exp(tf.minimum(tf.where(tf.math.is_nan(lar),
                                                                 tf.constant(-np.inf, dtype),
                                                                 lar), 0.0))
-            rec["step_size"] = tf.broadcast_to(tf.reshape(ss, [-1]), tf.shape(lp))
-            x = to_x(v, scale)
+            rec["step_size"] = tf.broadcast_to(tf.reshape(ss, [-1]), tf.shape(rec["lp"]))
+            z = to_z(v, scale)
+            x = z if transform is None else transform.forward(z)
             rec["x"] = x
+            if transform is not None:
+                rec["z"] = z
             if trace_fn is not None:
                 for k, val in trace_fn(x).items():
                     rec[f"trace/{k}"] = tf.convert_to_tensor(val)
@@ -419,22 +383,19 @@ def _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tr
         _, u, kr, buffers = tf.while_loop(
             lambda i, *_: i < n_steps, body, (tf.constant(0, tf.int32), u, kr, buffers),
             maximum_iterations=chunk_size)
-        if shared:
-            g = kr.inner_results
-            chees_out = tf.stack([g.max_trajectory_length, g.averaged_max_trajectory_length,
-                                  g.averaged_sq_grad])[None]
-            return (u, tf.reshape(kr.error_sum[0], [1]), tf.reshape(kr.log_averaging_step[0], [1]),
-                    tf.reshape(kr.new_step_size, [1]), chees_out, buffers)
-        return (u, kr.error_sum[0], kr.log_averaging_step[0], kr.new_step_size, chees_state,
-                buffers)
+        state_out = sampler.export_state(kr.inner_results)
+        state_out = sampler_state if state_out is None else state_out[None]
+        adapt_out = (kr.error_sum[0], kr.log_averaging_step[0], kr.new_step_size)
+        if sampler.shares_step_size:
+            adapt_out = tuple(tf.reshape(t, [1]) for t in adapt_out)
+        return (u,) + adapt_out + (state_out, buffers)
 
     return tf.function(run, jit_compile=jit_compile, reduce_retracing=False)
 
 
-def _get_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth, chunk_size,
-                mode, jit_compile, reuse):
-    key = (log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth, chunk_size,
-           mode, bool(jit_compile))
+def _get_runner(log_prob_fn, trace_fn, sampler, transform, chunk_size, mode, jit_compile,
+                reuse):
+    key = (log_prob_fn, trace_fn, sampler, transform, chunk_size, mode, bool(jit_compile))
     if reuse:
         try:
             runner = _COMPILE_CACHE.get(key)
@@ -444,13 +405,56 @@ def _get_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_dept
         if runner is not None:
             _COMPILE_CACHE.move_to_end(key)
             return runner
-    runner = _make_chunk_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps,
-                                max_tree_depth, chunk_size, mode, jit_compile)
+    runner = _make_chunk_runner(log_prob_fn, trace_fn, sampler, transform, chunk_size, mode,
+                                jit_compile)
     if reuse:
         _COMPILE_CACHE[key] = runner
         while len(_COMPILE_CACHE) > _COMPILE_CACHE_SIZE:
             _COMPILE_CACHE.popitem(last=False)
     return runner
+
+
+def _chunk_caller(runner, strategy, replicas, seed, num_burnin, target_accept, dtype):
+    """``run_chunk(carry, step0, n) -> (carry, buffers)``: one compiled chunk on the host's
+    numpy carry, split over the strategy's replicas (chains, or one row per replica for
+    the per-replica step size and sampler state) and gathered back."""
+    seed_t = tf.constant(seed)
+
+    def run_chunk(carry, step0, n):
+        args = (carry["u"], carry["error_sum"], carry["log_averaging_step"],
+                carry["new_step_size"], carry["init_step_size"], carry["sampler_state"])
+        consts = (tf.constant(carry["scale"]),
+                  tf.constant(int(carry["adapt_start"]), tf.int32),
+                  tf.constant(num_burnin, tf.int32), tf.constant(target_accept, dtype))
+        step0_t, n_t = tf.constant(step0, tf.int32), tf.constant(n, tf.int32)
+        if strategy is None:
+            out = runner(*[tf.constant(a) for a in args], step0_t, n_t,
+                         tf.random.experimental.stateless_fold_in(seed_t, 0), *consts)
+            outs = [tf.nest.map_structure(lambda t: t.numpy(), out)]
+        else:
+            def dist(arr):
+                per = arr.shape[0] // replicas  # chains, or 1 row per replica
+
+                return strategy.experimental_distribute_values_from_function(
+                    lambda ctx: tf.constant(arr[ctx.replica_id_in_sync_group * per:
+                                                (ctx.replica_id_in_sync_group + 1) * per]))
+
+            seeds = strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.random.experimental.stateless_fold_in(
+                    seed_t, ctx.replica_id_in_sync_group))
+            out = strategy.run(runner, args=tuple(dist(a) for a in args)
+                               + (step0_t, n_t, seeds) + consts)
+            locals_ = [strategy.experimental_local_results(o) for o in tf.nest.flatten(out)]
+            outs = [tf.nest.pack_sequence_as(out, [loc[r].numpy() for loc in locals_])
+                    for r in range(replicas)]
+        new_carry = dict(carry)
+        for i, k in enumerate(("u", "error_sum", "log_averaging_step", "new_step_size",
+                               "sampler_state")):
+            new_carry[k] = np.concatenate([o[i] for o in outs], 0)
+        bufs = {k: np.concatenate([o[5][k] for o in outs], 1)[:n] for k in outs[0][5]}
+        return new_carry, bufs
+
+    return run_chunk
 
 
 # ------------------------------------------------------------------------------------
@@ -471,7 +475,7 @@ def _save_checkpoint(path, config, step, carry, host, warm):
             np.savez(f, **arrays)
 
 
-def _load_checkpoint(path, config):
+def _load_checkpoint(path, config, sampler):
     with np.load(path, allow_pickle=False) as f:
         stored = json.loads(str(f["config"]))
         if stored != config:
@@ -486,6 +490,9 @@ def _load_checkpoint(path, config):
         carry = {k[6:]: f[k] for k in f.files if k.startswith("carry/")}
         host = {k[6:]: f[k] for k in f.files if k.startswith("draws/")}
         warm = {k[7:]: f[k] for k in f.files if k.startswith("warmup/")}
+    if "sampler_state" not in carry:  # written before samplers were classes
+        old = carry.pop("chees_state", np.zeros([config["replicas"], 3]))
+        carry["sampler_state"] = np.asarray(old)[:, :len(sampler.state_names)]
     return step, carry, host, warm
 
 
@@ -495,36 +502,28 @@ def _load_checkpoint(path, config):
 
 
 def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 1000,
-               kernel: str = "nuts", step_size=0.1, num_leapfrog_steps: int = 10,
+               kernel="nuts", step_size=0.1, num_leapfrog_steps: int = 10,
                max_tree_depth: int = 10, mass_matrix=None, target_accept: float = 0.8,
                seed=None, jit_compile: bool = True, chunk_size: int = 100,
                progress: bool = True, checkpoint=None, trace_fn=None, strategy=None,
                callback=None, dtype=None, reuse_compiled: bool = True,
-               adapt_mass_matrix: str | None = None) -> MCMCResult:
-    r"""Sample ``exp(log_prob_fn)`` with NUTS, ChEES-HMC or HMC, in compiled chunks, with
-    checkpoints.
+               adapt_mass_matrix: str | None = None, transform=None) -> MCMCResult:
+    r"""Sample ``exp(log_prob_fn)`` with NUTS, ChEES-HMC, HMC (or any registered
+    :class:`~.samplers.Sampler`), in compiled chunks, with checkpoints.
 
     #### Mathematical details
 
     Hamiltonian Monte Carlo (Duane et al. 1987; Neal 2011) augments ``x`` with a momentum
     ``p ~ N(0, M)`` and follows ``H(x, p) = -log pi(x) + p^T M^{-1} p / 2`` with the
-    leapfrog integrator (step size ``eps``): ``num_leapfrog_steps`` steps then a
-    Metropolis test on ``exp(-Delta H)`` for ``kernel="hmc"``; for ``kernel="nuts"``
-    (Hoffman & Gelman 2014, multinomial variant of Betancourt 2017) the trajectory
-    doubles until it makes a U-turn or reaches ``2**max_tree_depth - 1`` steps.
-
-    **ChEES-HMC** (``kernel="chees"``; Hoffman, Radul & Sountsov 2021, AISTATS) runs HMC
-    with ``ceil(h_n T / eps)`` leapfrog steps at transition ``n``, ``h_n`` a Halton
-    sequence in (0, 1] (jitter), and adapts the trajectory length ``T`` during burn-in by
-    stochastic gradient ascent (Adam-like, with iterate averaging) on the ChEES criterion
-    ``E[(|x' - mean|^2 - |x - mean|^2)^2]`` (the expected squared change of the centred
-    second moment, the mean taken across chains, weighted by acceptance). All chains
-    share one step size and one trajectory length, so each transition costs the same
-    number of gradients in every chain: no chain waits for another's deeper tree, which
-    suits many chains batched on one device. The shared step size is adapted on the
-    harmonic mean of the chains' acceptance probabilities. ``step_size *
-    num_leapfrog_steps`` is the initial ``T``, and ``2**max_tree_depth - 1`` caps the
-    leapfrog steps. Use tens of chains: the criterion's mean is estimated across them.
+    leapfrog integrator (step size ``eps``). The transition kernels are in
+    :mod:`.samplers`: ``kernel="nuts"`` (default; Hoffman & Gelman 2014, multinomial
+    variant of Betancourt 2017: the trajectory doubles until it makes a U-turn or reaches
+    ``2**max_tree_depth - 1`` steps), ``"hmc"`` (``num_leapfrog_steps`` steps then a
+    Metropolis test on ``exp(-Delta H)``) and ``"chees"`` (ChEES-HMC, Hoffman, Radul &
+    Sountsov 2021: jittered trajectory length adapted on the ChEES criterion, one step
+    size and trajectory length shared by the chains of a replica, so no chain waits for
+    another's deeper tree; ``step_size * num_leapfrog_steps`` is the initial trajectory
+    length; use tens of chains).
 
     **Preconditioning.** ``mass_matrix`` is a *covariance* estimate ``Sigma`` of the
     posterior (the inverse of HMC's mass matrix ``M``; e.g. the VI or Laplace covariance),
@@ -536,13 +535,21 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     Gaussian in ``u``, so one step size fits every direction. (A shift ``x = mu + L u`` is
     not needed: HMC is translation-equivariant.) Step sizes are in ``u`` units.
 
+    **NeuTra** (Hoffman et al. 2019, arXiv:1903.03704). With ``transform`` (a
+    ``tfp.bijectors.Bijector`` on ``[D]`` vectors, e.g. a VI normalizing flow) the
+    chains run on ``z`` with target ``log_prob_fn(f(z)) + log|det df/dz|`` and
+    ``x = f(z)``: a flow fitted to the posterior makes the target nearly a unit
+    Gaussian. ``samples`` and ``trace_fn`` see ``x``; ``base_samples`` holds ``z``;
+    ``log_prob`` and ``mass_matrix`` are those of the ``z`` target.
+
     **Step-size adaptation.** During the ``num_burnin`` burn-in steps
     ``tfp.mcmc.DualAveragingStepSizeAdaptation`` (Nesterov dual averaging as in Stan,
-    Hoffman & Gelman 2014 Sec. 3.2) adapts one step size per chain towards mean
-    acceptance probability ``target_accept``; at the end of burn-in each chain's step size
-    is fixed to its averaged iterate, so the kept draws come from a fixed Markov kernel
-    (for ChEES, the trajectory length too).
-    Burn-in draws are discarded (their statistics are kept in ``warmup_stats``).
+    Hoffman & Gelman 2014 Sec. 3.2) adapts one step size per chain (per replica for
+    ChEES, on the harmonic mean of the chains' acceptance) towards mean acceptance
+    probability ``target_accept``; at the end of burn-in each step size is fixed to its
+    averaged iterate, so the kept draws come from a fixed Markov kernel (for ChEES, the
+    trajectory length too). Burn-in draws are discarded (their statistics are kept in
+    ``warmup_stats``).
 
     **Mass-matrix adaptation.** With ``adapt_mass_matrix="dense"`` (or ``"diag"``) the
     covariance ``Sigma`` is also learned during burn-in, following Stan's windowed
@@ -554,9 +561,10 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     draws use the last estimate (``MCMCResult.mass_matrix``).
 
     **Divergences.** A transition whose energy error ``|Delta H|`` exceeds 1000 (NUTS:
-    ``has_divergence``, for HMC the same threshold on ``-log_accept_ratio``) is flagged
-    ``diverging``: the integrator left the typical set, which signals curvature the step
-    size cannot resolve (e.g. the neck of Neal's funnel) and biased draws there.
+    ``has_divergence``, for HMC and ChEES the same threshold on ``-log_accept_ratio``)
+    is flagged ``diverging``: the integrator left the typical set, which signals
+    curvature the step size cannot resolve (e.g. the neck of Neal's funnel) and biased
+    draws there.
 
     #### Chunks, progress, checkpoints, devices
 
@@ -583,12 +591,14 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
       log_prob_fn: callable ``x[num_chains, D] -> [num_chains]``, the log density (up to
         a constant) in unconstrained space; differentiable and XLA-compilable.
       init: ``[num_chains, D]`` initial states (e.g. MAP or VI draws), finite with finite
-        ``log_prob_fn``. Ignored when resuming from ``checkpoint``.
+        ``log_prob_fn``; with ``transform``, states of ``z``. Ignored when resuming from
+        ``checkpoint``.
       num_results: kept draws per chain (>= 1).
       num_burnin: burn-in (step-size adaptation) steps per chain (>= 0).
-      kernel: ``"nuts"`` (default), ``"chees"`` or ``"hmc"``.
+      kernel: a name in :data:`~.samplers.SAMPLERS` (``"nuts"``, default; ``"chees"``;
+        ``"hmc"``) or a :class:`~.samplers.Sampler` instance.
       step_size: initial step size (whitened units), a positive scalar or ``[num_chains]``
-        (a scalar for ChEES).
+        (a scalar for samplers that share it, such as ChEES).
       num_leapfrog_steps: leapfrog steps per HMC transition (``kernel="hmc"``); for
         ChEES the initial trajectory length is ``step_size * num_leapfrog_steps``.
       max_tree_depth: NUTS maximum tree depth (at most ``2**depth - 1`` leapfrog steps);
@@ -609,10 +619,11 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         ``step_size``, ``divergences``, ``elapsed``) after each chunk.
       dtype: float32 (default) or float64; ``init`` is cast to it.
       reuse_compiled: reuse a compiled chunk from an earlier call with the same
-        ``log_prob_fn``/``trace_fn`` objects and static settings (``kernel``,
-        ``max_tree_depth``/``num_leapfrog_steps``, ``chunk_size``, preconditioner kind,
-        ``jit_compile``). A ``log_prob_fn`` whose result depends on mutable Python state
-        captured at trace time needs ``reuse_compiled=False``.
+        ``log_prob_fn``/``trace_fn``/``transform`` objects and static settings (sampler
+        and its settings, ``chunk_size``, preconditioner kind, ``jit_compile``). A
+        ``log_prob_fn`` whose result depends on mutable Python state captured at trace
+        time needs ``reuse_compiled=False``.
+      transform: optional bijector for NeuTra (see above).
 
     Returns:
       An :class:`MCMCResult`.
@@ -631,47 +642,25 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
     """
     if not callable(log_prob_fn):
         raise ValueError(f"log_prob_fn must be callable, got {log_prob_fn!r}")
-    if kernel not in _KERNELS:
-        raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+    sampler = get_sampler(kernel, num_leapfrog_steps, max_tree_depth)
     num_results = _int_arg(num_results, "num_results", 1)
     num_burnin = _int_arg(num_burnin, "num_burnin", 0)
-    num_leapfrog_steps = _int_arg(num_leapfrog_steps, "num_leapfrog_steps", 1)
-    max_tree_depth = _int_arg(max_tree_depth, "max_tree_depth", 1)
-    if max_tree_depth > 30:
-        raise ValueError(f"max_tree_depth must be <= 30, got {max_tree_depth}")
     chunk_size = _int_arg(chunk_size, "chunk_size", 1)
     if isinstance(target_accept, bool) or not isinstance(target_accept, numbers.Real) or not (
             0.0 < float(target_accept) < 1.0):
         raise ValueError(f"target_accept must be a number in (0, 1), got {target_accept!r}")
-    if trace_fn is not None and not callable(trace_fn):
-        raise ValueError(f"trace_fn must be callable or None, got {trace_fn!r}")
-    if callback is not None and not callable(callback):
-        raise ValueError(f"callback must be callable or None, got {callback!r}")
+    for name, fn in (("trace_fn", trace_fn), ("callback", callback)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be callable or None, got {fn!r}")
+    if transform is not None and not isinstance(transform, tfp.bijectors.Bijector):
+        raise ValueError(f"transform must be a tfp.bijectors.Bijector or None, got {transform!r}")
     dtype = resolve_dtype(dtype)
     np_dtype = dtype.as_numpy_dtype
     seed_arr = _seed_arg(seed)
-
-    init_arr = np.asarray(init.numpy() if hasattr(init, "numpy") else init)
-    if init_arr.ndim != 2 or init_arr.shape[0] < 1 or init_arr.shape[1] < 1:
-        raise ValueError(
-            f"init must have shape [num_chains, D], got shape {list(init_arr.shape)}")
-    if init_arr.dtype.kind not in "fiu" or not np.all(np.isfinite(init_arr)):
-        raise ValueError("init must be a finite real array")
-    init_arr = init_arr.astype(np_dtype)
+    init_arr = _init_arg(init, np_dtype)
     num_chains, dim = init_arr.shape
-
-    ss = np.asarray(step_size.numpy() if hasattr(step_size, "numpy") else step_size,
-                    dtype=np.float64)
-    if ss.ndim == 0:
-        ss = np.full([num_chains], float(ss))
-    if ss.shape != (num_chains,) or not np.all(np.isfinite(ss)) or np.any(ss <= 0):
-        raise ValueError(
-            f"step_size must be a positive scalar or [num_chains={num_chains}] array, got "
-            f"{step_size!r}")
-    if kernel == "chees" and not np.all(ss == ss[0]):
-        raise ValueError(
-            f"step_size must be a scalar for kernel='chees' (one step size shared by the "
-            f"chains), got {step_size!r}")
+    replicas = _replicas(strategy, num_chains)
+    init_ss = _step_size_arg(step_size, num_chains, replicas, sampler, np_dtype)
 
     mode, scale = _scale_from_mass_matrix(mass_matrix, dim, np_dtype)
     if adapt_mass_matrix not in _ADAPT_KINDS:
@@ -685,138 +674,140 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         elif mode == "diag" and adapt_mass_matrix == "dense":
             mode, scale = "dense", np.diag(scale).astype(np_dtype)
 
-    if strategy is not None:
-        if not isinstance(strategy, tf.distribute.Strategy):
-            raise ValueError(f"strategy must be a tf.distribute.Strategy, got {strategy!r}")
-        replicas = int(strategy.num_replicas_in_sync)
-        if num_chains % replicas:
-            raise ValueError(
-                f"num_chains={num_chains} (init.shape[0]) must be a multiple of the "
-                f"strategy's {replicas} replicas")
-    else:
-        replicas = 1
-    # ChEES state per replica: trajectory length, its average, RMSProp normaliser
-    chees0 = np.zeros([replicas, 3], np_dtype)
-    if kernel == "chees":
-        # One step size (and trajectory length) per replica, shared by its chains.
-        init_ss = np.full([replicas], ss[0], np_dtype)
-        chees0[:, 0] = ss[0] * num_leapfrog_steps  # initial trajectory length
-    else:
-        init_ss = ss.astype(np_dtype)[:, None]  # [C, 1]: one step size per chain
-
     if checkpoint is not None:
         checkpoint = check_output_path(checkpoint, overwrite=True)
-
     config = {
-        "version": _CHECKPOINT_VERSION, "kernel": kernel, "num_results": num_results,
+        "version": _CHECKPOINT_VERSION, "kernel": sampler.name, "num_results": num_results,
         "num_burnin": num_burnin, "num_chains": int(num_chains), "dim": int(dim),
         "seed": seed_arr.tolist(), "dtype": dtype.name, "target_accept": float(target_accept),
         "step_size": [float(v) for v in init_ss.ravel()], "replicas": replicas,
-        "num_leapfrog_steps": num_leapfrog_steps if kernel in ("hmc", "chees") else None,
-        "max_tree_depth": max_tree_depth if kernel in ("nuts", "chees") else None,
+        **sampler.settings,
         "mass_matrix": mode, "adapt_mass_matrix": adapt_mass_matrix,
         "mass_matrix_digest": None if scale is None else hashlib.sha1(
             np.ascontiguousarray(scale).tobytes()).hexdigest(),
     }
-    total = num_burnin + num_results
+    if transform is not None:
+        config["transform"] = transform.name
 
-    # ---- state: fresh or from the checkpoint -------------------------------------------
-    resumed = None
     if checkpoint is not None and os.path.exists(checkpoint):
-        resumed = _load_checkpoint(checkpoint, config)
-
-    if resumed is None:
-        x0 = tf.constant(init_arr)
-        lp0 = log_prob_fn(x0)
-        lp0 = np.asarray(lp0.numpy() if hasattr(lp0, "numpy") else lp0)
-        if lp0.shape != (num_chains,):
-            raise ValueError(
-                f"log_prob_fn(init) must have shape [num_chains={num_chains}], got "
-                f"{list(lp0.shape)}")
-        if not np.all(np.isfinite(lp0)):
-            bad = int(np.flatnonzero(~np.isfinite(lp0))[0])
-            raise ValueError(
-                f"log_prob_fn(init) is not finite for chain {bad} (value {lp0[bad]!r}); "
-                "start the chains inside the support")
-        if mode == "none":
-            u0 = init_arr
-        elif mode == "diag":
-            u0 = init_arr / scale
-        else:
-            from scipy.linalg import solve_triangular
-
-            u0 = solve_triangular(scale.astype(np.float64), init_arr.T.astype(np.float64),
-                                  lower=True).T.astype(np_dtype)
-        step_done = 0
-        carry = {
-            "u": np.asarray(u0, np_dtype),
-            "error_sum": np.zeros(init_ss.shape[:1], np_dtype),
-            "log_averaging_step": np.zeros_like(init_ss),
-            "new_step_size": init_ss,
-            "init_step_size": init_ss,
-            "chees_state": chees0,
-            "adapt_start": np.array(0, np.int64),
-            "scale": np.zeros([1], np_dtype) if scale is None else np.asarray(scale, np_dtype),
-        }
-        host, warm = None, None
+        step_done, carry, host, warm = _load_checkpoint(checkpoint, config, sampler)
     else:
-        step_done, carry, host, warm = resumed
-        carry.setdefault("chees_state", chees0)  # checkpoints of NUTS/HMC before ChEES
+        _check_initial_log_prob(log_prob_fn, init_arr, transform)
+        state0 = np.tile(sampler.initial_state(float(init_ss.ravel()[0])), (replicas, 1))
+        carry = _initial_carry(init_arr, mode, scale, init_ss, state0.astype(np_dtype))
+        step_done, host, warm = 0, None, None
 
-    runner = _get_runner(log_prob_fn, trace_fn, kernel, num_leapfrog_steps, max_tree_depth,
-                         chunk_size, mode, jit_compile, reuse_compiled)
-    seed_t = tf.constant(seed_arr)
+    runner = _get_runner(log_prob_fn, trace_fn, sampler, transform, chunk_size, mode,
+                         jit_compile, reuse_compiled)
+    run_chunk = _chunk_caller(runner, strategy, replicas, seed_arr, num_burnin,
+                              target_accept, dtype)
+    carry, host, warm, timing = _run_chunks(
+        run_chunk, carry, step_done, host, warm, num_burnin=num_burnin,
+        num_results=num_results, chunk_size=chunk_size, windows=windows,
+        adapt_kind=adapt_mass_matrix, mode=mode, sampler=sampler, np_dtype=np_dtype,
+        checkpoint=checkpoint, config=config, progress=progress, callback=callback,
+        desc=f"{sampler.name.upper()} {num_chains} chains")
+    return _result(carry, host, warm, timing, sampler, mode, num_chains, step_done)
 
-    def run_chunk(carry, step0, n):
-        # Split over replicas: u by chains; the adaptation state by chains, or by
-        # replicas for ChEES (one shared step size per replica); the ChEES state by replicas.
-        args = (carry["u"], carry["error_sum"], carry["log_averaging_step"],
-                carry["new_step_size"], carry["init_step_size"], carry["chees_state"])
-        consts = (tf.constant(carry["scale"]),
-                  tf.constant(int(carry["adapt_start"]), tf.int32),
-                  tf.constant(num_burnin, tf.int32), tf.constant(target_accept, dtype))
-        step0_t, n_t = tf.constant(step0, tf.int32), tf.constant(n, tf.int32)
-        if strategy is None:
-            out = runner(*[tf.constant(a) for a in args], step0_t, n_t,
-                         tf.random.experimental.stateless_fold_in(seed_t, 0), *consts)
-            outs = [tf.nest.map_structure(lambda t: t.numpy(), out)]
-        else:
-            def dist(arr):
-                per = arr.shape[0] // replicas  # chains, or 1 row per replica
 
-                return strategy.experimental_distribute_values_from_function(
-                    lambda ctx: tf.constant(arr[ctx.replica_id_in_sync_group * per:
-                                                (ctx.replica_id_in_sync_group + 1) * per]))
+def _init_arg(init, np_dtype):
+    init_arr = np.asarray(init.numpy() if hasattr(init, "numpy") else init)
+    if init_arr.ndim != 2 or init_arr.shape[0] < 1 or init_arr.shape[1] < 1:
+        raise ValueError(
+            f"init must have shape [num_chains, D], got shape {list(init_arr.shape)}")
+    if init_arr.dtype.kind not in "fiu" or not np.all(np.isfinite(init_arr)):
+        raise ValueError("init must be a finite real array")
+    return init_arr.astype(np_dtype)
 
-            seeds = strategy.experimental_distribute_values_from_function(
-                lambda ctx: tf.random.experimental.stateless_fold_in(
-                    seed_t, ctx.replica_id_in_sync_group))
-            out = strategy.run(runner, args=tuple(dist(a) for a in args)
-                               + (step0_t, n_t, seeds) + consts)
-            locals_ = [strategy.experimental_local_results(o) for o in tf.nest.flatten(out)]
-            outs = [tf.nest.pack_sequence_as(out, [loc[r].numpy() for loc in locals_])
-                    for r in range(replicas)]
-        new_carry = dict(carry)
-        new_carry.update({
-            "u": np.concatenate([o[0] for o in outs], 0),
-            "error_sum": np.concatenate([o[1] for o in outs], 0),
-            "log_averaging_step": np.concatenate([o[2] for o in outs], 0),
-            "new_step_size": np.concatenate([o[3] for o in outs], 0),
-            "chees_state": np.concatenate([o[4] for o in outs], 0),
-        })
-        bufs = {k: np.concatenate([o[5][k] for o in outs], 1)[:n] for k in outs[0][5]}
-        return new_carry, bufs
 
-    # ---- chunks ---------------------------------------------------------------------
+def _replicas(strategy, num_chains):
+    if strategy is None:
+        return 1
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise ValueError(f"strategy must be a tf.distribute.Strategy, got {strategy!r}")
+    replicas = int(strategy.num_replicas_in_sync)
+    if num_chains % replicas:
+        raise ValueError(
+            f"num_chains={num_chains} (init.shape[0]) must be a multiple of the "
+            f"strategy's {replicas} replicas")
+    return replicas
+
+
+def _step_size_arg(step_size, num_chains, replicas, sampler, np_dtype):
+    """Initial step sizes: ``[C, 1]`` (one per chain) or ``[replicas]`` (shared)."""
+    ss = np.asarray(step_size.numpy() if hasattr(step_size, "numpy") else step_size,
+                    dtype=np.float64)
+    if ss.ndim == 0:
+        ss = np.full([num_chains], float(ss))
+    if ss.shape != (num_chains,) or not np.all(np.isfinite(ss)) or np.any(ss <= 0):
+        raise ValueError(
+            f"step_size must be a positive scalar or [num_chains={num_chains}] array, got "
+            f"{step_size!r}")
+    if sampler.shares_step_size:
+        if not np.all(ss == ss[0]):
+            raise ValueError(
+                f"step_size must be a scalar for kernel={sampler.name!r} (one step size "
+                f"shared by the chains), got {step_size!r}")
+        return np.full([replicas], ss[0], np_dtype)
+    return ss.astype(np_dtype)[:, None]
+
+
+def _check_initial_log_prob(log_prob_fn, init_arr, transform):
+    num_chains = init_arr.shape[0]
+    x0 = tf.constant(init_arr)
+    if transform is not None:
+        x0 = transform.forward(x0)
+    lp0 = log_prob_fn(x0)
+    lp0 = np.asarray(lp0.numpy() if hasattr(lp0, "numpy") else lp0)
+    if lp0.shape != (num_chains,):
+        raise ValueError(
+            f"log_prob_fn(init) must have shape [num_chains={num_chains}], got "
+            f"{list(lp0.shape)}")
+    if not np.all(np.isfinite(lp0)):
+        bad = int(np.flatnonzero(~np.isfinite(lp0))[0])
+        raise ValueError(
+            f"log_prob_fn(init) is not finite for chain {bad} (value {lp0[bad]!r}); "
+            "start the chains inside the support")
+
+
+def _initial_carry(init_arr, mode, scale, init_ss, sampler_state):
+    """The host state of a fresh run: whitened chains, adaptation state, preconditioner."""
+    np_dtype = init_arr.dtype
+    if mode == "none":
+        u0 = init_arr
+    elif mode == "diag":
+        u0 = init_arr / scale
+    else:
+        from scipy.linalg import solve_triangular
+
+        u0 = solve_triangular(scale.astype(np.float64), init_arr.T.astype(np.float64),
+                              lower=True).T.astype(np_dtype)
+    return {
+        "u": np.asarray(u0, np_dtype),
+        "error_sum": np.zeros(init_ss.shape[:1], np_dtype),
+        "log_averaging_step": np.zeros_like(init_ss),
+        "new_step_size": init_ss,
+        "init_step_size": init_ss,
+        "sampler_state": sampler_state,
+        "adapt_start": np.array(0, np.int64),
+        "scale": np.zeros([1], np_dtype) if scale is None else np.asarray(scale, np_dtype),
+    }
+
+
+def _run_chunks(run_chunk, carry, step_done, host, warm, *, num_burnin, num_results,
+                chunk_size, windows, adapt_kind, mode, sampler, np_dtype, checkpoint, config,
+                progress, callback, desc):
+    """The host loop: chunks up to each window end, burn-in end and the last draw; the
+    metric update after each window; checkpoint, progress bar and callback per chunk.
+    Returns ``(carry, host draws, warm-up draws, timing)``."""
     from tqdm.auto import tqdm
 
+    total = num_burnin + num_results
     bar = tqdm(total=total, initial=step_done, disable=not progress, file=sys.stderr,
-               desc=f"{kernel.upper()} {num_chains} chains", unit="step", dynamic_ncols=True,
-               mininterval=0.5)
+               desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
     t_start = time.perf_counter()
     timing = {"warmup": 0.0, "sampling": 0.0, "first_chunk": None}
     chunk_times = []
-    resumed_from = step_done
     try:
         g = step_done
         ends = sorted({e for _, e in windows} | {num_burnin, total})
@@ -844,8 +835,8 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
             g += n
             for start, end in windows:
                 if g == end:
-                    carry = _next_metric(carry, warm["x"][start:end], adapt_mass_matrix, mode,
-                                         end, np_dtype)
+                    carry = _next_metric(carry, warm["z" if "z" in warm else "x"][start:end],
+                                         adapt_kind, mode, end, np_dtype, sampler)
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, config, g, carry, host, warm)
             phase = "warmup" if g <= num_burnin and num_burnin > 0 else "sampling"
@@ -871,28 +862,34 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         timing["compile_estimate"] = max(chunk_times[0][0] - rest * chunk_times[0][1], 0.0)
     else:
         timing["compile_estimate"] = None
+    return carry, host, warm, timing
 
-    stats = {k: host[k] for k in host if k != "x" and not k.startswith("trace/")}
-    warm_x = (warm or {}).pop("x", None)
+
+def _result(carry, host, warm, timing, sampler, mode, num_chains, resumed_from):
+    stats = {k: host[k] for k in host if k not in ("x", "z") and not k.startswith("trace/")}
+    warm = dict(warm or {})
+    warm_x = warm.pop("x", None)
+    warm_z = warm.pop("z", None)
     stats["diverging"] = stats["diverging"].astype(bool)
     if "reached_max_treedepth" in stats:
         stats["reached_max_treedepth"] = stats["reached_max_treedepth"].astype(bool)
-    warm_stats = dict(warm or {})
-    if "diverging" in warm_stats:
-        warm_stats["diverging"] = warm_stats["diverging"].astype(bool)
+    if "diverging" in warm:
+        warm["diverging"] = warm["diverging"].astype(bool)
+    step_size = np.asarray(carry["new_step_size"]).ravel()
     return MCMCResult(
         samples=host["x"],
         log_prob=host["lp"],
         sample_stats=stats,
         trace={k[6:]: v for k, v in host.items() if k.startswith("trace/")},
-        warmup_stats=warm_stats,
-        step_size=np.repeat(np.asarray(carry["new_step_size"]).ravel(),
-                            num_chains // np.asarray(carry["new_step_size"]).shape[0]),
-        kernel=kernel,
+        warmup_stats=warm,
+        step_size=np.repeat(step_size, num_chains // step_size.shape[0]),
+        kernel=sampler.name,
         timing=timing,
         resumed_from_step=int(resumed_from),
         mass_matrix=_metric_from_scale(mode, carry["scale"]),
         warmup_samples=warm_x,
+        base_samples=host.get("z"),
+        warmup_base_samples=warm_z,
     )
 
 
@@ -904,7 +901,7 @@ def _metric_from_scale(mode, scale):
     return s ** 2 if mode == "diag" else s @ s.T
 
 
-def _next_metric(carry, xw, kind, mode, end, np_dtype):
+def _next_metric(carry, xw, kind, mode, end, np_dtype, sampler):
     """Carry for the next warm-up window: new metric from the window draws ``xw``, the
     chains' ``u`` moved to its whitened coordinates, step-size adaptation restarted."""
     from scipy.linalg import solve_triangular
@@ -939,9 +936,6 @@ def _next_metric(carry, xw, kind, mode, end, np_dtype):
         "new_step_size": eps,
         "init_step_size": eps,
         "adapt_start": np.array(end, np.int64),
+        "sampler_state": sampler.state_for_new_metric(carry["sampler_state"]),
     })
-    if "chees_state" in carry:  # ChEES: keep the trajectory length, restart its averages
-        cs = np.array(carry["chees_state"], copy=True)
-        cs[:, 1:] = 0
-        out["chees_state"] = cs
     return out

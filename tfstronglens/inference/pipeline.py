@@ -48,6 +48,7 @@ from .detection import SubhaloDetection, calibrate_null, detect_subhalo
 from .diagnostics import save_samples, summarize
 from .map import MAPResult, find_map
 from .mcmc import sample_hmc
+from .samplers import SAMPLERS, self_tuning_samplers
 from .model import LensModel
 from .vi import fit_vi, laplace_approximation
 
@@ -134,12 +135,6 @@ def _constrained(model: LensModel, x) -> np.ndarray:
     if out.shape[-1] != len(model.param_names):  # pragma: no cover - internal consistency
         raise RuntimeError("constrained parameters do not match param_names")
     return out.reshape(batch + (out.shape[-1],))
-
-
-def _through(bijector, z) -> np.ndarray:
-    """``bijector.forward`` of draws ``z [..., D]`` (numpy)."""
-    z = np.asarray(z)
-    return bijector.forward(tf.constant(z.reshape(-1, z.shape[-1]))).numpy().reshape(z.shape)
 
 
 def _scalar_names(model: LensModel):
@@ -328,10 +323,10 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     positive_int(map_polish_steps, "map_polish_steps", minimum=0)
     positive_int(null_simulations, "null_simulations", minimum=0)
     lm_steps = map_polish_steps if model.num_params <= _MAX_LM_PARAMS else 0
-    if hmc_kernel not in ("nuts", "chees"):
-        raise ValueError(f"hmc_kernel must be 'nuts' or 'chees', got {hmc_kernel!r}")
+    if hmc_kernel not in self_tuning_samplers():
+        raise ValueError(f"hmc_kernel must be one of {self_tuning_samplers()}, got {hmc_kernel!r}")
     if target_accept is None:
-        target_accept = 0.651 if hmc_kernel == "chees" else 0.8
+        target_accept = SAMPLERS[hmc_kernel].default_target_accept
     if not isinstance(neutra, (bool, np.bool_)):
         raise ValueError(f"neutra must be True or False, got {neutra!r}")
     if neutra and method == "hmc" and vi_surrogate != "iaf":
@@ -408,37 +403,25 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
             samples = draws[:, None, :]
         else:
             t = time.perf_counter()
-            x_target = objective.target_log_prob
             if neutra:
-                flow = vi_res.surrogate.bijector
-
-                def target(z):
-                    return (x_target(flow.forward(z))
-                            + flow.forward_log_det_jacobian(z, event_ndims=1))
-
                 cov = np.eye(len(names))
                 init = tf.random.stateless_normal([num_chains, len(names)], seeds[2] + 7,
                                                   dtype=model.dtype).numpy()
             else:
-                target = x_target
                 cov = np.asarray(vi_res.covariance, np.float64)
                 cov = 0.5 * (cov + cov.T)
                 init = x_vi[:num_chains]
                 if init.shape[0] < num_chains:
                     init = np.resize(x_vi, (num_chains, x_vi.shape[-1]))
-            mcmc = sample_hmc(target, init.astype(x_vi.dtype),
+            mcmc = sample_hmc(objective.target_log_prob, init.astype(x_vi.dtype),
                               num_results=num_results, num_burnin=num_burnin, kernel=hmc_kernel,
                               step_size=0.5, num_leapfrog_steps=4, max_tree_depth=max_tree_depth, mass_matrix=cov,
                               target_accept=target_accept, seed=seeds[2],
                               adapt_mass_matrix=adapt_mass_matrix,
+                              transform=vi_res.surrogate.bijector if neutra else None,
                               checkpoint=checkpoint, progress=progress,
                               jit_compile=(model.jit_compile if hmc_jit_compile is None
                                            else bool(hmc_jit_compile)))
-            if neutra:
-                mcmc.base_samples = mcmc.samples
-                mcmc.samples = _through(flow, mcmc.samples)
-                if mcmc.warmup_samples is not None:
-                    mcmc.warmup_samples = _through(flow, mcmc.warmup_samples)
             timings["hmc"] = time.perf_counter() - t
             samples = _constrained(model, mcmc.samples)
             x_draws = np.reshape(mcmc.samples, (-1, len(names)))
