@@ -4,13 +4,17 @@ One model is shared by every test (module fixture) with ``compile_batch_size=16`
 XLA value-and-gradient is compiled once and reused by MAP, Laplace and all VI fits.
 """
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tfstronglens as tsl
-from tfstronglens.inference import (LensModel, find_map, fit_vi, laplace_approximation,
-                                    polish_levenberg_marquardt)
+from tfstronglens.inference import (LensModel, VIResult, find_map, fit_vi,
+                                    laplace_approximation, polish_levenberg_marquardt)
+from tfstronglens.inference.vi import LaplaceResult
 
 TRUTH = {"lens.0.theta_E": 0.7, "lens.0.e1": 0.1, "lens.0.e2": -0.05, "lens.0.center_x": 0.02,
          "lens.0.center_y": -0.03, "lens.1.gamma1": 0.03, "lens.1.gamma2": 0.01,
@@ -171,6 +175,22 @@ def test_iaf_surrogate_trains(problem):
     assert made, "no autoregressive flow in the IAF surrogate"
     # the ELBO stays below the log evidence
     assert last < lap.log_evidence + 5.0
+
+
+def test_results_are_frozen_dataclasses(problem):
+    """LaplaceResult and VIResult are frozen, and their fields are exactly the attributes
+    their docstrings document (no fit: the fixture's Laplace result, a VIResult by keyword)."""
+    lap = problem[3]
+    vi = VIResult(**{f.name: None for f in dataclasses.fields(VIResult)})
+    for obj in (lap, vi):
+        cls = type(obj)
+        documented = re.findall(r"^      (\w+):", cls.__doc__.split("Attributes:")[1], re.M)
+        assert [f.name for f in dataclasses.fields(cls)] == documented
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            obj.mean = None
+    assert isinstance(lap, LaplaceResult)
+    assert lap.std.shape == lap.mean.shape == (problem[0].num_params,)
+    assert repr(lap).startswith("LaplaceResult(D=")
 
 
 def test_bad_arguments(problem):

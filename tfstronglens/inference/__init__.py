@@ -21,7 +21,7 @@ from .pipeline import (FIT_OUTPUT_FILES, ConvergenceWarning, FitResult, fit_lens
 from .sensitivity import (SensitivityMap, detection_threshold, sensitivity_map,
                           write_sensitivity_outputs)
 from .population import PopulationPosterior, ensemble_coverage, population_posterior
-from .vi import VIResult, fit_vi, laplace_approximation
+from .vi import LaplaceResult, VIResult, fit_vi, laplace_approximation
 from .reconstruction import (
     SourceReconstruction,
     pixelated_inversion,
@@ -53,6 +53,7 @@ __all__ = [
     "MAPResult",
     "fit_vi",
     "VIResult",
+    "LaplaceResult",
     "laplace_approximation",
     "detect_subhalo",
     "SubhaloDetection",

@@ -55,6 +55,7 @@ estimate of the evidence, ``log Z ~ log p~(x_MAP) + (D/2) log(2 pi) - (1/2) log 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -75,13 +76,32 @@ __all__ = ["fit_vi", "VIResult", "laplace_approximation", "LaplaceResult", "SURR
 SURROGATES = ("mean_field", "full_rank", "iaf")
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
 class LaplaceResult:
-    """``mean [D]``, ``covariance [D, D]``, ``hessian [D, D]`` (of ``-log p~``),
-    ``log_evidence`` (Laplace), ``log_prob`` at the mode, ``std [D]`` and
-    ``param_names``."""
+    """The result of :func:`laplace_approximation`: ``N(mean, covariance)`` on the
+    unconstrained space ``R^D`` of the model.
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    Attributes:
+      mean: the (Newton-refined) mode, ``[D]`` float64, unconstrained coordinates.
+      covariance: ``[D, D]`` float64, the Laplace covariance ``H^-1`` in unconstrained
+        coordinates (with the repaired eigenvalues where ``H`` is not positive definite).
+      hessian: ``[D, D]`` float64, the symmetrised finite-difference Hessian ``H`` of
+        ``-log p~`` at ``mean`` (as computed, before any eigenvalue repair).
+      std: ``[D]`` float64, ``sqrt(diag(covariance))``, unconstrained coordinates.
+      log_prob: the objective (``log p~``, or ``log L`` for ``objective="likelihood"``)
+        at ``mean``, in nats.
+      log_evidence: the Laplace estimate of ``log Z`` (nats),
+        ``log_prob + (D/2) log(2 pi) - (1/2) log det H`` (with the repaired eigenvalues).
+      param_names: list of the model's ``D`` coordinate names, in order.
+    """
+
+    mean: np.ndarray
+    covariance: np.ndarray
+    hessian: np.ndarray
+    std: np.ndarray
+    log_prob: float
+    log_evidence: float
+    param_names: list
 
     def __repr__(self):
         return f"LaplaceResult(D={len(self.mean)}, log_evidence={self.log_evidence:.6g})"
@@ -173,22 +193,40 @@ def laplace_approximation(model: LensModel, x_map, data=None, objective: str = "
                          log_prob=lp, log_evidence=log_z, param_names=model.param_names)
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
 class VIResult:
     """The result of :func:`fit_vi`.
 
     Attributes:
-      surrogate: the fitted ``tfd.Distribution`` on unconstrained ``R^D``.
+      surrogate: the fitted ``tfd.Distribution`` on unconstrained ``R^D`` (event ``[D]``).
       posterior: ``tfd.TransformedDistribution(surrogate, model.bijector)``: samples are
-        dicts of constrained parameters.
-      elbo_trace: numpy ``[num_steps]`` ELBO estimates.
-      samples: dict name -> ``[num_samples, ...]`` constrained posterior draws;
-      samples_unconstrained: ``[num_samples, D]``.
-      mean, covariance: ``[D]``, ``[D, D]`` in unconstrained space.
-      param_names, surrogate_type, wall_time, trainable_variables.
+        dicts of constrained parameters (physical units).
+      elbo_trace: numpy ``[num_steps]``, the ELBO estimate at every Adam step (nats).
+      samples: dict name -> numpy ``[num_samples, ...]`` constrained posterior draws
+        (physical units; event-shaped for a pixelated source).
+      samples_unconstrained: numpy ``[num_samples, D]``, the same draws in unconstrained
+        coordinates.
+      mean: numpy ``[D]``, the surrogate's mean in unconstrained coordinates (exact for the
+        Gaussian surrogates, a sample estimate for ``"iaf"``).
+      covariance: numpy ``[D, D]``, its covariance in unconstrained coordinates (likewise).
+      param_names: list of the model's ``D`` coordinate names, in order.
+      surrogate_type: ``"mean_field"``, ``"full_rank"`` or ``"iaf"``.
+      trainable_variables: list of the surrogate's ``tf.Variable`` (in whitened
+        coordinates ``u``, see the module docs).
+      wall_time: seconds, from the start of :func:`fit_vi` to the final draws.
     """
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    surrogate: tfd.Distribution
+    posterior: tfd.Distribution
+    elbo_trace: np.ndarray
+    samples: dict
+    samples_unconstrained: np.ndarray
+    mean: np.ndarray
+    covariance: np.ndarray
+    param_names: list
+    surrogate_type: str
+    trainable_variables: list
+    wall_time: float
 
     def summary(self) -> dict:
         """``{name: (posterior mean, posterior std)}`` of the scalar constrained
