@@ -944,8 +944,13 @@ class LensModel:
         return src.reconstruct(data, self.data_noise_sigma(data), self._rim_psf, columns)
 
     def _render_flat(self, params: dict, data=None):
-        lens, source, light = self._component_kwargs(params, data)
-        return self.simulator(lens=lens, source=source, lens_light=light)
+        # The simulator's rendering graph itself, not its compiled ``__call__``: a nested
+        # tf.function costs nothing without XLA, but differentiated inside the caller's
+        # XLA function it made the VAE-source posterior's gradient 7x slower per point at
+        # batch 8-32 (benchmarks/fit_vae.py --profile; README "Where the time goes").
+        sim = self.simulator
+        kwargs = zip(("lens", "source", "lens_light"), self._component_kwargs(params, data))
+        return sim.render(*(sim.prepare(kind, p) for kind, p in kwargs))
 
     def render(self, params: dict):
         """Noiseless model images ``[*batch, N, N]`` (e-/s per pixel) for a dict of the free
