@@ -534,3 +534,46 @@ def test_load_pretrained_vae(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded.decode(z).numpy(), vae.decode(z).numpy())
     src = VAESource("synthetic_galaxies_64", pixel_scale=0.03)
     assert src.get_config()["decoder"] == "synthetic_galaxies_64"
+
+
+def test_subpixel_transposed_convolution_is_the_same_map():
+    """The loop-friendly decoder (models/_subpixel.py) computes the same images and
+    latent gradients as the decoder it was cloned from; other transposed convolutions
+    keep TensorFlow's implementation."""
+    import keras
+
+    from tfstronglens.models import load_pretrained_vae
+    from tfstronglens.models._subpixel import SubpixelConv2DTranspose, loop_friendly
+
+    rng = np.random.default_rng(0)
+    y = tf.constant(rng.normal(size=(3, 8, 8, 5)), tf.float32)
+    for kwargs, subpixel in ((dict(strides=2, padding="same"), True),
+                             (dict(strides=1, padding="same"), False),
+                             (dict(strides=2, padding="valid"), False)):
+        ref = keras.layers.Conv2DTranspose(6, 4, activation="relu", **kwargs)
+        out_ref = ref(y)
+        layer = SubpixelConv2DTranspose.from_config(ref.get_config())
+        layer.build(y.shape)
+        layer.set_weights([rng.normal(size=w.shape).astype(np.float32)
+                           for w in ref.get_weights()])
+        ref.set_weights(layer.get_weights())
+        assert layer.is_subpixel is subpixel
+        np.testing.assert_allclose(layer(y).numpy(), ref(y).numpy(), rtol=1e-5, atol=1e-5)
+        assert out_ref.shape == layer(y).shape
+
+    decoder = load_pretrained_vae().decoder
+    fast = loop_friendly(decoder)
+    assert fast is not decoder
+    assert sum(isinstance(layer, SubpixelConv2DTranspose) for layer in fast.layers) == 4
+    z = tf.constant(rng.normal(size=(4, 64)), tf.float32)
+
+    def image_and_gradient(model):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            img = model(z, training=False)
+            val = tf.reduce_sum(img * tf.sin(img))
+        return img.numpy(), tape.gradient(val, z).numpy()
+
+    (a, ga), (b, gb) = image_and_gradient(decoder), image_and_gradient(fast)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+    np.testing.assert_allclose(gb, ga, rtol=0, atol=1e-4 * np.abs(ga).max())

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from ..profiles.base import Profile
 from ..profiles.pixelated_source import PixelatedSource
+from ._subpixel import loop_friendly
 from .vae import VAE, model_dtype
 
 __all__ = ["VAESource", "load_decoder"]
@@ -110,6 +111,9 @@ class VAESource(PixelatedSource):
                              f"shape is {model.output_shape}")
         super().__init__(int(out_shape[0]), pixel_scale, interpolation=interpolation, dtype=dtype)
         self.decoder = model
+        # the same decoder with its transposed convolutions as sub-pixel convolutions
+        # (fast inside XLA:CPU loops: models/_subpixel.py); decode() runs this one
+        self._loop_decoder = loop_friendly(model)
         self.latent_dim = int(in_shape[0])
         self._decoder_dtype = model_dtype(model)
 
@@ -122,7 +126,7 @@ class VAESource(PixelatedSource):
         z = tf.cast(z, self._decoder_dtype)
         batch = tf.shape(z)[:-1]
         flat = tf.reshape(z, [-1, self.latent_dim])
-        img = self.decoder(flat, training=False)
+        img = self._loop_decoder(flat, training=False)
         n = self.num_pix
         img = tf.reshape(tf.cast(img, self.dtype), tf.concat([batch, [n, n]], 0))
         if z.shape.rank is not None:
