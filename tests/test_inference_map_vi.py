@@ -83,7 +83,10 @@ def test_laplace_off_the_mode_repairs_negative_curvature(problem):
     w, V = np.linalg.eigh(off.hessian)
     assert w[0] < -100.0
     cov_w = np.linalg.eigvalsh(off.covariance)
-    assert cov_w.min() > 0 and cov_w.max() < 1.0 / 0.2, cov_w
+    # The old floor gave variances of ~580 here. A near-zero eigenvalue of the float32
+    # finite-difference Hessian (|w| < 3 of 1.7e5) lands on either side of zero with the
+    # rendering's rounding (-2.3 or +0.13 on two builds): variance 1/max(|w|, 0.27) or 1/w.
+    assert cov_w.min() > 0 and cov_w.max() < 50.0, cov_w
     # along the most negative direction the variance is 1 / |w|
     v = V[:, 0]
     assert float(v @ off.covariance @ v) == pytest.approx(1.0 / abs(w[0]), rel=1e-6)
@@ -93,7 +96,8 @@ def test_levenberg_marquardt_polish_reaches_the_mode(problem):
     # 30 Adam steps leave every start far from a mode; 20 Levenberg-Marquardt iterations
     # take the best of them to the Newton-refined mode of the Laplace approximation (at
     # least as high as 300 Adam steps reach), never lose probability, and also maximise the
-    # likelihood alone.
+    # likelihood alone. By default the worse half of the points stops every 5 iterations
+    # (16 -> 8 -> 4 -> 2 here): the best still reaches the mode.
     model, data, fit, lap = problem
     short = find_map(model, data, num_starts=16, num_steps=30, learning_rate=0.05, seed=1,
                      progress=False)
@@ -114,6 +118,8 @@ def test_levenberg_marquardt_polish_reaches_the_mode(problem):
         polish_levenberg_marquardt(model, np.zeros((2, 3)), data)
     with pytest.raises(ValueError, match="num_iterations"):
         polish_levenberg_marquardt(model, short.all_x, data, num_iterations=0)
+    with pytest.raises(ValueError, match="halve_every"):
+        polish_levenberg_marquardt(model, short.all_x, data, halve_every=0)
 
 
 def test_vi_gaussian_surrogates_match_laplace(problem):
