@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 
 import tfstronglens as tsl  # noqa: E402
 from tfstronglens.inference import LensModel, build_model, fit_lens  # noqa: E402
-from tfstronglens.inference.samplers import self_tuning_samplers  # noqa: E402
+from tfstronglens.inference.kernels import self_tuning_samplers  # noqa: E402
 
 NUM_PIX, PIX, SS, FWHM, KSIZE = 60, 0.065, 2, 0.1, 7  # as benchmarks/simulate.py
 

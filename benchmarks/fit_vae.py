@@ -38,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfstronglens.inference import fit_lens, sample_hmc  # noqa: E402
 from tfstronglens.inference.demo import demo_problem  # noqa: E402
-from tfstronglens.inference.samplers import self_tuning_samplers  # noqa: E402
+from tfstronglens.inference.kernels import self_tuning_samplers  # noqa: E402
 from tfstronglens.models import load_pretrained_vae  # noqa: E402
 
 TARGET_S = {75: 600.0, 77: 300.0}

@@ -266,7 +266,10 @@ def test_vae_source_config_round_trip(tmp_path):
                    "interpolation": "bicubic"}
     again = tsl.get_profile(**cfg)
     z = np.ones([1, 3], np.float32)
-    np.testing.assert_array_equal(again.decode(z).numpy(), vae.decode(z).numpy())
+    np.testing.assert_array_equal(again.decode(z).numpy(), src.decode(z).numpy())
+    # the source decodes with the sub-pixel clone: the VAE's images up to float rounding
+    np.testing.assert_allclose(again.decode(z).numpy(), vae.decode(z).numpy(), rtol=1e-4,
+                               atol=1e-6)
     assert VAESource(vae, pixel_scale=0.05).get_config()["decoder"] is None
 
 

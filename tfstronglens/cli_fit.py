@@ -35,7 +35,7 @@ _OVERWRITE_HELP = ("start a fresh run in DIR even if it is not empty: the output
 
 
 def _add_inference_args(p, defaults):
-    from .inference.samplers import self_tuning_samplers
+    from .inference.kernels import self_tuning_samplers
 
     g = p.add_argument_group("inference settings")
     g.add_argument("--method", choices=_METHODS, default=defaults["method"],

@@ -14,7 +14,7 @@ from .diagnostics import (
 )
 from .map import MAPResult, find_map, polish_levenberg_marquardt
 from .mcmc import MCMCResult, sample_hmc
-from .samplers import SAMPLERS, Sampler
+from .kernels import SAMPLERS, Sampler
 from .model import LensModel, build_model, log_uniform
 from .pipeline import (FIT_OUTPUT_FILES, ConvergenceWarning, FitResult, fit_lens, hmc_advice,
                        write_fit_outputs)

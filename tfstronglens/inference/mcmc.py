@@ -1,9 +1,9 @@
 """The chunked HMC driver: :func:`sample_hmc` on a generic unconstrained target.
 
 :func:`sample_hmc` runs ``num_chains`` chains of a transition kernel from
-:mod:`.samplers` (NUTS, ChEES-HMC, fixed-length HMC, or any registered
-:class:`~.samplers.Sampler`) in XLA-compiled chunks of steps. Around the kernel it does
-what every sampler needs: step-size adaptation by dual averaging during burn-in,
+:mod:`.kernels` (NUTS, ChEES-HMC, fixed-length HMC, or any registered
+:class:`~.kernels.Sampler`) in XLA-compiled chunks of steps. Around the kernel it does what
+every sampler needs: step-size adaptation by dual averaging during burn-in,
 preconditioning by a covariance estimate (the "mass matrix", given, e.g. the VI posterior
 covariance, or adapted in Stan's warm-up windows), NeuTra through a bijector, a progress
 bar, atomic checkpoints that a rerun resumes from bit-exactly, ``tf.distribute``
@@ -33,7 +33,7 @@ import tensorflow_probability as tfp
 from .._validation import resolve_dtype
 from ..io._atomic import atomic_output, check_output_path
 from . import diagnostics
-from .samplers import get_sampler
+from .kernels import get_sampler
 
 __all__ = ["sample_hmc", "MCMCResult", "clear_compile_cache", "adaptation_windows"]
 
@@ -74,7 +74,7 @@ class MCMCResult:
       warmup_stats: the same statistics as ``sample_stats`` for the burn-in steps.
       step_size: ``[num_chains]`` final (adapted) step size (ChEES: the same for all
         chains of a replica).
-      kernel: the sampler's name (``"nuts"``, ``"chees"``, ``"hmc"``, ...; :mod:`.samplers`).
+      kernel: the sampler's name (``"nuts"``, ``"chees"``, ``"hmc"``, ...; :mod:`.kernels`).
       timing: seconds: ``total`` (this call), ``warmup``, ``sampling`` (steps run in
         this call), ``first_chunk`` (includes XLA compilation), ``compile_estimate``
         (first chunk minus the per-step time of the others, times its steps).
@@ -509,14 +509,14 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
                callback=None, dtype=None, reuse_compiled: bool = True,
                adapt_mass_matrix: str | None = None, transform=None) -> MCMCResult:
     r"""Sample ``exp(log_prob_fn)`` with NUTS, ChEES-HMC, HMC (or any registered
-    :class:`~.samplers.Sampler`), in compiled chunks, with checkpoints.
+    :class:`~.kernels.Sampler`), in compiled chunks, with checkpoints.
 
     #### Mathematical details
 
     Hamiltonian Monte Carlo (Duane et al. 1987; Neal 2011) augments ``x`` with a momentum
     ``p ~ N(0, M)`` and follows ``H(x, p) = -log pi(x) + p^T M^{-1} p / 2`` with the
     leapfrog integrator (step size ``eps``). The transition kernels are in
-    :mod:`.samplers`: ``kernel="nuts"`` (default; Hoffman & Gelman 2014, multinomial
+    :mod:`.kernels`: ``kernel="nuts"`` (default; Hoffman & Gelman 2014, multinomial
     variant of Betancourt 2017: the trajectory doubles until it makes a U-turn or reaches
     ``2**max_tree_depth - 1`` steps), ``"hmc"`` (``num_leapfrog_steps`` steps then a
     Metropolis test on ``exp(-Delta H)``) and ``"chees"`` (ChEES-HMC, Hoffman, Radul &
@@ -595,8 +595,8 @@ def sample_hmc(log_prob_fn, init, num_results: int = 1000, num_burnin: int = 100
         ``checkpoint``.
       num_results: kept draws per chain (>= 1).
       num_burnin: burn-in (step-size adaptation) steps per chain (>= 0).
-      kernel: a name in :data:`~.samplers.SAMPLERS` (``"nuts"``, default; ``"chees"``;
-        ``"hmc"``) or a :class:`~.samplers.Sampler` instance.
+      kernel: a name in :data:`~.kernels.SAMPLERS` (``"nuts"``, default; ``"chees"``;
+        ``"hmc"``) or a :class:`~.kernels.Sampler` instance.
       step_size: initial step size (whitened units), a positive scalar or ``[num_chains]``
         (a scalar for samplers that share it, such as ChEES).
       num_leapfrog_steps: leapfrog steps per HMC transition (``kernel="hmc"``); for

@@ -48,7 +48,7 @@ from .detection import SubhaloDetection, calibrate_null, detect_subhalo
 from .diagnostics import save_samples, summarize
 from .map import MAPResult, find_map
 from .mcmc import sample_hmc
-from .samplers import SAMPLERS, self_tuning_samplers
+from .kernels import SAMPLERS, self_tuning_samplers
 from .model import LensModel
 from .vi import fit_vi, laplace_approximation
 
@@ -415,7 +415,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     init = np.resize(x_vi, (num_chains, x_vi.shape[-1]))
             mcmc = sample_hmc(objective.target_log_prob, init.astype(x_vi.dtype),
                               num_results=num_results, num_burnin=num_burnin, kernel=hmc_kernel,
-                              step_size=0.5, num_leapfrog_steps=4, max_tree_depth=max_tree_depth, mass_matrix=cov,
+                              step_size=0.5, num_leapfrog_steps=4,
+                              max_tree_depth=max_tree_depth, mass_matrix=cov,
                               target_accept=target_accept, seed=seeds[2],
                               adapt_mass_matrix=adapt_mass_matrix,
                               transform=vi_res.surrogate.bijector if neutra else None,
