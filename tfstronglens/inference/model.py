@@ -946,8 +946,8 @@ class LensModel:
     def _render_flat(self, params: dict, data=None):
         # The simulator's rendering graph itself, not its compiled ``__call__``: a nested
         # tf.function costs nothing without XLA, but differentiated inside the caller's
-        # XLA function it made the VAE-source posterior's gradient 7x slower per point at
-        # batch 8-32 (benchmarks/fit_vae.py --profile; README "Where the time goes").
+        # XLA function it made the VAE-source posterior's gradient several times slower
+        # at batches >= 8 (benchmarks/fit_vae.py --profile, benchmarks/README.md).
         sim = self.simulator
         kwargs = zip(("lens", "source", "lens_light"), self._component_kwargs(params, data))
         return sim.render(*(sim.prepare(kind, p) for kind, p in kwargs))

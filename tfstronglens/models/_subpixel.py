@@ -1,12 +1,10 @@
 """Transposed convolutions as sub-pixel convolutions, for decoders inside compiled loops.
 
-XLA:CPU runs a stride-2 transposed convolution (``Conv2DTranspose``; an HLO convolution
-with ``lhs_dilate=2``) 7-13x slower inside a ``tf.while_loop`` body than in a single
-call (48.8 vs 7.5 ms for ``[8, 32, 32, 32] -> [8, 64, 64, 16]``, kernel 4, one core,
-TF 2.21). Every sampler, optimiser and VI loop of the package is such a loop, and the
-VAE decoder has four of them, so one gradient of the 75-parameter VAE-source posterior
-cost 6.6 ms per point inside ``sample_hmc`` against 3.7 ms alone
-(``benchmarks/fit_vae.py --profile``, ``benchmarks/README.md``).
+XLA:CPU (TF 2.21) runs a stride-2 transposed convolution (``Conv2DTranspose``; an HLO
+convolution with ``lhs_dilate=2``) several times slower inside a ``tf.while_loop`` body
+than in a single call; ordinary convolutions are not affected. Every sampler, optimiser
+and VI loop of the package is such a loop, and the VAE decoder has four of them
+(measurements: ``benchmarks/fit_vae.py --profile``, ``benchmarks/README.md``).
 
 The same linear map written as an ordinary convolution does not have the problem: for
 stride 2, a 4x4 kernel and ``"same"`` padding, output pixel ``(2m + a, 2n + b)`` sums two

@@ -112,7 +112,8 @@ class VAESource(PixelatedSource):
         super().__init__(int(out_shape[0]), pixel_scale, interpolation=interpolation, dtype=dtype)
         self.decoder = model
         # the same decoder with its transposed convolutions as sub-pixel convolutions
-        # (fast inside XLA:CPU loops: models/_subpixel.py); decode() runs this one
+        # (fast inside XLA:CPU loops: models/_subpixel.py); decode() runs this one. Its
+        # weights are copied now: build a new VAESource after training the decoder.
         self._loop_decoder = loop_friendly(model)
         self.latent_dim = int(in_shape[0])
         self._decoder_dtype = model_dtype(model)
