@@ -57,6 +57,16 @@ class SubpixelConv2DTranspose(keras.layers.Conv2DTranspose):
     kernel 4, ``"same"`` padding, channels last and no dilation or output padding (the
     module docstring says why); otherwise exactly ``Conv2DTranspose``. Same weights."""
 
+    _frozen_kernel = None
+
+    def freeze(self):
+        """Compute the sub-pixel kernel once from the current weights (a constant from now
+        on: later weight changes are not seen), so that the graph holds no kernel
+        rearrangement, which otherwise costs compilation time and, without XLA, time per
+        call."""
+        if self.is_subpixel:
+            self._frozen_kernel = tf.constant(subpixel_kernel(tf.convert_to_tensor(self.kernel)))
+
     @property
     def is_subpixel(self) -> bool:
         return (tuple(self.strides) == (2, 2) and tuple(self.kernel_size) == (4, 4)
@@ -66,15 +76,18 @@ class SubpixelConv2DTranspose(keras.layers.Conv2DTranspose):
     def call(self, inputs):
         if not self.is_subpixel:
             return super().call(inputs)
-        kernel = tf.cast(self.kernel, inputs.dtype)
-        out = tf.nn.depth_to_space(tf.nn.conv2d(inputs, subpixel_kernel(kernel), 1, "SAME"), 2)
+        if self._frozen_kernel is not None:
+            kernel = tf.cast(self._frozen_kernel, inputs.dtype)
+        else:
+            kernel = subpixel_kernel(tf.cast(self.kernel, inputs.dtype))
+        out = tf.nn.depth_to_space(tf.nn.conv2d(inputs, kernel, 1, "SAME"), 2)
         if self.use_bias:
             out = out + tf.cast(self.bias, inputs.dtype)
         return self.activation(out) if self.activation is not None else out
 
 
 def loop_friendly(model: keras.Model) -> keras.Model:
-    """A clone of ``model`` with every ``Conv2DTranspose`` as a
+    """A clone of ``model`` with every ``Conv2DTranspose`` as a frozen
     :class:`SubpixelConv2DTranspose` and the same weights (copied), or ``model`` itself
     when it has none of the sub-pixel kind or cannot be cloned (a subclassed model)."""
     convs = [layer for layer in model.layers
@@ -94,4 +107,7 @@ def loop_friendly(model: keras.Model) -> keras.Model:
         return model
     new.set_weights(model.get_weights())
     new.trainable = False
+    for layer in new.layers:
+        if isinstance(layer, SubpixelConv2DTranspose):
+            layer.freeze()
     return new
