@@ -369,7 +369,7 @@ def test_a_new_sampler_is_one_subclass_and_neutra_samples_through_a_bijector(
     base draws are standard normal and the draws are the target's."""
     import tensorflow_probability as tfp
 
-    from tfstronglens.inference.kernels import SAMPLERS, Sampler, _hmc_statistics
+    from tfstronglens.inference.kernels import SAMPLERS, Sampler, hmc_statistics
 
     class MALA(Sampler):
         name = "test-mala"
@@ -379,7 +379,7 @@ def test_a_new_sampler_is_one_subclass_and_neutra_samples_through_a_bijector(
                                                   num_leapfrog_steps=1)
 
         def statistics(self, results, dtype):
-            return _hmc_statistics(results, 1, dtype)
+            return hmc_statistics(results, 1, dtype)
 
     try:
         assert SAMPLERS["test-mala"] is MALA

@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 __all__ = ["Sampler", "NUTS", "HMC", "ChEES", "SAMPLERS", "get_sampler",
-           "self_tuning_samplers", "MAX_ENERGY_ERROR"]
+           "self_tuning_samplers", "hmc_statistics", "MAX_ENERGY_ERROR"]
 
 tfm = tfp.mcmc
 
@@ -198,8 +198,9 @@ class NUTS(Sampler):
         return stats, results.log_accept_ratio, results.step_size
 
 
-def _hmc_statistics(results, num_steps, dtype):
-    """Statistics of a ``tfm.HamiltonianMonteCarlo`` transition (``energy_error`` is
+def hmc_statistics(results, num_steps, dtype):
+    """:meth:`Sampler.statistics` of a ``tfm.HamiltonianMonteCarlo`` transition with
+    ``num_steps`` leapfrog steps, for samplers built on it (``energy_error`` is
     ``H(end) - H(start)``; divergent above :data:`MAX_ENERGY_ERROR`)."""
     lp = results.accepted_results.target_log_prob
     lar = results.log_accept_ratio
@@ -225,7 +226,7 @@ class HMC(Sampler):
                                          num_leapfrog_steps=self.num_leapfrog_steps)
 
     def statistics(self, results, dtype):
-        return _hmc_statistics(results, self.num_leapfrog_steps, dtype)
+        return hmc_statistics(results, self.num_leapfrog_steps, dtype)
 
 
 class ChEES(Sampler):
@@ -263,7 +264,7 @@ class ChEES(Sampler):
 
     def statistics(self, results, dtype):
         inner = results.inner_results
-        stats, lar, step_size = _hmc_statistics(
+        stats, lar, step_size = hmc_statistics(
             inner, inner.accepted_results.num_leapfrog_steps, dtype)
         stats["trajectory_length"] = tf.fill(tf.shape(stats["lp"]),
                                              results.max_trajectory_length)
