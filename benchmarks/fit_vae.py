@@ -46,10 +46,11 @@ TARGET_ESS = 1000.0
 TARGET_RHAT = 1.01
 
 
-def make_problem(subhalo: bool, snr: float, seed: int):
+def make_problem(subhalo: bool, snr: float, seed: int, jit_compile: bool = False):
     if subhalo:
-        return demo_problem(snr=snr, seed=seed)
-    return demo_problem(snr=snr, lens="epl+shear", num_subhalos=0, seed=seed)
+        return demo_problem(snr=snr, seed=seed, jit_compile=jit_compile)
+    return demo_problem(snr=snr, lens="epl+shear", num_subhalos=0, seed=seed,
+                        jit_compile=jit_compile)
 
 
 def _time(fn, x, repeats):
@@ -131,7 +132,7 @@ def profile(args):
 
 
 def pipeline(args):
-    model, truth, data = make_problem(args.subhalo, args.snr, args.seed)
+    model, truth, data = make_problem(args.subhalo, args.snr, args.seed, args.xla)
     dim = model.num_params
     names = list(model.param_names)
     settings = dict(num_starts=args.num_starts, map_steps=args.map_steps,
@@ -139,7 +140,9 @@ def pipeline(args):
                     num_chains=args.num_chains, num_burnin=args.num_burnin,
                     num_results=args.num_results, max_tree_depth=args.max_tree_depth,
                     hmc_kernel=args.kernel, neutra=args.neutra, seed=args.seed,
-                    detect=False)
+                    map_polish_steps=args.map_polish_steps,
+                    adapt_mass_matrix=None if args.adapt_mass_matrix == "none"
+                    else args.adapt_mass_matrix, detect=False)
     if args.hmc_xla:
         settings["hmc_jit_compile"] = True
     load_before = os.getloadavg()
@@ -210,8 +213,12 @@ def main(argv=None):
     ap.add_argument("--num-burnin", type=int, default=300)
     ap.add_argument("--num-results", type=int, default=300)
     ap.add_argument("--max-tree-depth", type=int, default=8)
+    ap.add_argument("--map-polish-steps", type=int, default=30)
+    ap.add_argument("--adapt-mass-matrix", default="dense", choices=["dense", "diag", "none"])
     ap.add_argument("--hmc-xla", action="store_true",
                     help="XLA-compile the HMC chunks (the demo model is not XLA-compiled)")
+    ap.add_argument("--xla", action="store_true",
+                    help="XLA-compile the model itself: every stage (MAP, VI, HMC)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     args = ap.parse_args(argv)

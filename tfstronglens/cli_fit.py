@@ -28,7 +28,8 @@ _METHODS = ("map", "vi", "hmc")
 HMC_CHECKPOINT = "hmc_checkpoint.npz"
 # the defaults of fit's inference settings (also those of fit-many)
 _FIT_DEFAULTS = dict(method="hmc", num_starts=64, map_steps=500, vi_steps=500,
-                    num_chains=8, num_results=500, num_burnin=500, map_polish_steps=30)
+                    num_chains=8, num_results=500, num_burnin=500, map_polish_steps=30,
+                    hmc_kernel="nuts")
 _OVERWRITE_HELP = ("start a fresh run in DIR even if it is not empty: the outputs of an "
                    "earlier run there ({}) are deleted when the run starts, other files are "
                    "kept (an interrupted run is not resumed)")
@@ -65,15 +66,16 @@ def _add_inference_args(p, defaults):
     g.add_argument("--surrogate", choices=("mean_field", "full_rank", "iaf"),
                    default="full_rank", help="VI surrogate (default: %(default)s)")
     g.add_argument("--num-chains", type=_count, default=defaults["num_chains"],
-                   help="NUTS chains (default: %(default)s)")
+                   help="HMC chains (default: %(default)s)")
     g.add_argument("--num-results", type=_count, default=defaults["num_results"],
-                   help="NUTS draws per chain (default: %(default)s)")
+                   help="HMC draws kept per chain (default: %(default)s)")
     g.add_argument("--num-burnin", type=_non_negative, default=defaults["num_burnin"],
-                   help="NUTS warm-up steps per chain (default: %(default)s)")
+                   help="HMC warm-up steps per chain (default: %(default)s)")
     g.add_argument("--max-tree-depth", type=_positive_int(30), default=8,
                    help="NUTS maximum tree depth; for ChEES the trajectory cap is "
                         "2**depth - 1 leapfrog steps (default: %(default)s)")
-    g.add_argument("--hmc-kernel", choices=self_tuning_samplers(), default="nuts",
+    g.add_argument("--hmc-kernel", choices=self_tuning_samplers(),
+                   default=defaults["hmc_kernel"],
                    help="sampler of --method hmc: nuts, or chees (ChEES-HMC: jittered "
                         "trajectories of adapted length, one step size for all chains; "
                         "use many chains, e.g. --num-chains 32) (default: %(default)s)")
@@ -581,12 +583,15 @@ def _demo(args) -> int:
     t0 = time.perf_counter()
     print("tfstronglens demo: simulating an HST/ACS-like lens (SIE + shear, VAE source, "
           "one 1e10 M_sun point-mass subhalo)...", file=sys.stderr)
+    # MAP, Laplace and detection run faster without XLA here (compilation of each); the
+    # sampling chunks of --method hmc run under XLA unless --no-xla (benchmarks/README.md)
     model, truth, data = demo_problem(seed=args.seed)
     print(f"tfstronglens demo: fitting {len(model.param_names)} parameters "
           f"(method {args.method})", file=sys.stderr)
     checkpoint = None if args.out is None else os.path.join(args.out, HMC_CHECKPOINT)
     result = _fit_quietly(model, data, **fit_kwargs, checkpoint=checkpoint,
-                          detection_starts=25, detection_steps=150)
+                          hmc_jit_compile=not args.no_xla, detection_starts=25,
+                          detection_steps=150)
     print(demo_table(result, truth))
     det = result.detection
     if det is not None:
