@@ -35,7 +35,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from tfstronglens.inference import LensModel, fit_lens  # noqa: E402
 from tfstronglens.lensing.simulator import Simulator  # noqa: E402
