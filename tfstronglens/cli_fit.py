@@ -193,11 +193,12 @@ def add_parsers(sub):
                       help="also write summary.json, samples and PNGs there")
     demo.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP.format(
         f"summary.json, truth.json, samples, PNGs, {HMC_CHECKPOINT}"))
+    # the VAE decoder makes an LM iteration of the 77 parameters cost ~6 s here: the demo's
+    # MAP is Adam only; --method hmc: ChEES with 8 chains, short warm-up from the VI fit
+    # (benchmarks/fit_vae.py, benchmarks/README.md)
     _add_inference_args(demo, dict(method="map", num_starts=16, map_steps=250, vi_steps=300,
-                                   num_chains=4, num_results=200, num_burnin=200,
-                                   # the VAE decoder makes an LM iteration of the 77
-                                   # parameters cost ~6 s here: the demo's MAP is Adam only
-                                   map_polish_steps=0))
+                                   num_chains=8, num_results=600, num_burnin=100,
+                                   map_polish_steps=0, hmc_kernel="chees"))
     demo.set_defaults(func=_demo)
 
 
