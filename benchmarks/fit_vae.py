@@ -46,11 +46,12 @@ TARGET_ESS = 1000.0
 TARGET_RHAT = 1.01
 
 
-def make_problem(subhalo: bool, snr: float, seed: int, jit_compile: bool = False):
+def make_problem(subhalo: bool, snr: float, seed: int, jit_compile: bool = False,
+                 normalize_flux: bool = False):
+    kwargs = dict(snr=snr, seed=seed, jit_compile=jit_compile, normalize_flux=normalize_flux)
     if subhalo:
-        return demo_problem(snr=snr, seed=seed, jit_compile=jit_compile)
-    return demo_problem(snr=snr, lens="epl+shear", num_subhalos=0, seed=seed,
-                        jit_compile=jit_compile)
+        return demo_problem(**kwargs)
+    return demo_problem(lens="epl+shear", num_subhalos=0, **kwargs)
 
 
 def _time(fn, x, repeats):
@@ -132,7 +133,8 @@ def profile(args):
 
 
 def pipeline(args):
-    model, truth, data = make_problem(args.subhalo, args.snr, args.seed, args.xla)
+    model, truth, data = make_problem(args.subhalo, args.snr, args.seed, args.xla,
+                                      args.normalize_flux)
     dim = model.num_params
     names = list(model.param_names)
     settings = dict(num_starts=args.num_starts, map_steps=args.map_steps,
@@ -219,6 +221,8 @@ def main(argv=None):
                     help="XLA-compile the HMC chunks (the demo model is not XLA-compiled)")
     ap.add_argument("--xla", action="store_true",
                     help="XLA-compile the model itself: every stage (MAP, VI, HMC)")
+    ap.add_argument("--normalize-flux", action="store_true",
+                    help="the flux-normalised VAE source (VAESource(normalize_flux=True))")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     args = ap.parse_args(argv)

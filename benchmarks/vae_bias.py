@@ -7,7 +7,10 @@ F814W-like image (the demo's: 64x64 pixels of 0.05", supersampling 2, Gaussian P
 FWHM 0.1") of an EPL + shear lens with random parameters, whose source is a galaxy the
 VAE never saw: a noise-free stamp of the ``validation`` split of ``synthetic_galaxies/64``
 (``--galaxies synthetic``) or one of the five real AEGIS F814W stamps of
-``../shared/data/galsim_real`` (``--galaxies aegis``), drawn as a pixelated source at the
+``../shared/data/galsim_real`` (``--galaxies aegis``); or, as the control without
+source-model misspecification, the held-out synthetic stamps encoded and decoded by the
+VAE (``--galaxies vae-projected``: what remains is the inference's own error). Drawn as a
+pixelated source at the
 stamps' 0.03"/pixel, scaled to the arc S/N and given the instrument's noise. It is fitted
 by :func:`tfstronglens.inference.fit_lens` with the model of the 75-parameter benchmark
 (EPL + shear, the pretrained VAE source at the same 0.03"/pixel) by ``--method``:
@@ -58,9 +61,18 @@ def draw_lens(rng):
 
 
 def galaxy_stamps(kind: str, count: int):
-    """``(stamps [M, 64, 64], pixel scale)``: held-out synthetic or real AEGIS galaxies."""
-    if kind == "synthetic":
-        return load_galaxy_stamps("synthetic_galaxies/64", split="validation", count=count)
+    """``(stamps [M, 64, 64], pixel scale)``: held-out synthetic or real AEGIS galaxies, or
+    (``"vae-projected"``) the held-out synthetic ones encoded and decoded by the VAE: the
+    same morphologies inside the fitted source model, the control without source-model
+    misspecification."""
+    if kind in ("synthetic", "vae-projected"):
+        stamps, scale = load_galaxy_stamps("synthetic_galaxies/64", split="validation",
+                                           count=count)
+        if kind == "vae-projected":
+            from tfstronglens.models import load_pretrained_vae
+            vae = load_pretrained_vae()
+            stamps = np.asarray(vae.decode(vae.encode(stamps)), np.float32)
+        return stamps, scale
     here = os.path.dirname(os.path.abspath(__file__))
     import sys
     sys.path.insert(0, here)
@@ -144,7 +156,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--snr", default="15,30,50,100", help="comma-separated arc S/N values")
     ap.add_argument("--num-lenses", type=int, default=20, help="lenses per S/N")
-    ap.add_argument("--galaxies", choices=("synthetic", "aegis"), default="synthetic")
+    ap.add_argument("--galaxies", choices=("synthetic", "aegis", "vae-projected"),
+                    default="synthetic")
     ap.add_argument("--method", choices=("map", "vi", "hmc"), default="hmc")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-starts", type=int, default=16)

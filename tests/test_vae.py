@@ -263,7 +263,7 @@ def test_vae_source_config_round_trip(tmp_path):
     src = VAESource(path, pixel_scale=0.05, interpolation="bicubic")
     cfg = src.get_config()
     assert cfg == {"name": "VAE", "dtype": "float32", "decoder": path, "pixel_scale": 0.05,
-                   "interpolation": "bicubic"}
+                   "interpolation": "bicubic", "normalize_flux": False}
     again = tsl.get_profile(**cfg)
     z = np.ones([1, 3], np.float32)
     np.testing.assert_array_equal(again.decode(z).numpy(), src.decode(z).numpy())
@@ -271,6 +271,31 @@ def test_vae_source_config_round_trip(tmp_path):
     np.testing.assert_allclose(again.decode(z).numpy(), vae.decode(z).numpy(), rtol=1e-4,
                                atol=1e-6)
     assert VAESource(vae, pixel_scale=0.05).get_config()["decoder"] is None
+
+
+def test_flux_normalised_vae_source_puts_the_flux_in_amp_alone():
+    """With ``normalize_flux`` the latents set the morphology and ``amp`` the flux: every
+    latent vector with a decoded mean above the floor gives total flux ``amp s^2 n^2 m0``,
+    the image is the raw one rescaled, and the floor keeps faint draws finite."""
+    raw = VAESource("synthetic_galaxies_64", pixel_scale=0.03)
+    src = VAESource("synthetic_galaxies_64", pixel_scale=0.03, normalize_flux=True)
+    z = np.random.default_rng(3).normal(size=(64, 64)).astype(np.float32)
+    img_raw, img = raw.decode(z).numpy(), src.decode(z).numpy()
+    mean_raw = img_raw.mean(axis=(1, 2))
+    m0 = src._reference_mean
+    above = mean_raw > m0 / 20
+    assert above.sum() > 50 and np.ptp(mean_raw[above]) > 2 * m0  # fluxes differ raw
+    flux = src.total_flux(z, amp=2.0).numpy()
+    np.testing.assert_allclose(flux[above], 2.0 * 0.03**2 * 64**2 * m0, rtol=1e-4)
+    scale = m0 / np.maximum(mean_raw, m0 / 20)
+    np.testing.assert_allclose(img, img_raw * scale[:, None, None], rtol=1e-4,
+                               atol=1e-5 * np.abs(img).max())
+    assert np.all(np.isfinite(img)) and np.all(flux[~above] < flux[above].min() * 1.0001)
+    cfg = src.get_config()
+    assert cfg["normalize_flux"] is True
+    np.testing.assert_array_equal(tsl.get_profile(**cfg).decode(z[:2]).numpy(), img[:2])
+    with pytest.raises(ValueError, match="normalize_flux"):
+        VAESource("synthetic_galaxies_64", pixel_scale=0.03, normalize_flux="yes")
 
 
 def test_vae_source_in_simulator_with_gradients():

@@ -53,7 +53,7 @@ DEMO_SNR = 80.0  # matched-filter S/N of the lensed source (Observation.snr)
 def demo_problem(num_pix: int = 64, seed: int = 0, source_pixel_scale: float = 0.025,
                  snr: float = DEMO_SNR, galaxy_index: int = 3, jit_compile: bool = False,
                  lens: str = "sie+shear", num_subhalos: int = 1,
-                 subhalo_profile: str = "point_mass"):
+                 subhalo_profile: str = "point_mass", normalize_flux: bool = False):
     """Build the demo's model and simulate its data.
 
     ``subhalo_profile="tnfw"`` uses a truncated NFW subhalo instead of the point mass
@@ -62,6 +62,8 @@ def demo_problem(num_pix: int = 64, seed: int = 0, source_pixel_scale: float = 0
     same mass distribution); ``num_subhalos=0`` simulates and fits without the subhalo
     (with ``lens="epl+shear"`` that is the 75-parameter posterior of the validation
     test: 64 latents, source amplitude and position, EPL and shear).
+    ``normalize_flux=True`` gives the source :class:`~tfstronglens.models.VAESource`'s
+    flux normalisation (``amp`` alone sets the flux; the same image, another ``amp``).
 
     The model is not XLA-compiled by default (``jit_compile=False``): on a CPU the
     decoder's convolutions run as fast without XLA, and each XLA compilation of a
@@ -79,7 +81,8 @@ def demo_problem(num_pix: int = 64, seed: int = 0, source_pixel_scale: float = 0
 
     vae = load_pretrained_vae()
     obs = Observation.from_instrument("hst_acs_f814w", num_pix=num_pix)
-    source = VAESource(vae.decoder, pixel_scale=source_pixel_scale)
+    source = VAESource(vae.decoder, pixel_scale=source_pixel_scale,
+                       normalize_flux=normalize_flux)
     size = int(vae.decoder.output_shape[-1])
     gal = SyntheticGalaxyGenerator(stamp_size=size).sample(galaxy_index + 1, seed=12345)
     z_true = np.asarray(vae.encode(gal["image"][galaxy_index:galaxy_index + 1]))[0]

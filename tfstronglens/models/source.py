@@ -61,6 +61,19 @@ class VAESource(PixelatedSource):
     in ``z`` (through the decoder), ``amp`` and the centre, so gradient-based inference
     (MAP, VI, HMC) can fit the ``K`` latents jointly with the lens.
 
+    **Flux normalisation** (``normalize_flux=True``). A VAE trained on galaxies of many
+    brightnesses encodes brightness in its latents too (the shipped decoder's mean pixel
+    varies by a factor ~15 between the 1st and 99th percentile of prior draws), so
+    ``amp`` and the latents trade off along a curved ridge that no metric flattens. With
+    normalisation the image is
+
+        D~(z) = D(z) m_0 / max(mean_ij D(z)_ij, m_0 / 20),   m_0 = mean_ij D(0)_ij,
+
+    so ``amp`` alone sets the flux (``amp s^2 n^2 m_0`` whenever the decoded mean exceeds
+    ``m_0 / 20``) and the latents only the morphology; the floor keeps prior draws with
+    almost no flux finite. This changes what ``amp`` means, not what images the model can
+    draw (``benchmarks/README.md``: the effect on HMC).
+
     #### Parameters and shapes
 
     * ``z``: ``[..., K]`` (``param_event_ndims = {"z": 1}``); leading dimensions are batch
@@ -81,6 +94,8 @@ class VAESource(PixelatedSource):
         an in-memory model cannot be rebuilt from the config (``decoder: None``).
       pixel_scale: source-plane pixel size in arcsec (> 0).
       interpolation: ``"bilinear"`` (default) or ``"bicubic"``.
+      normalize_flux: divide the decoded image by its mean pixel (above), relative to
+        that of ``z = 0`` (default False: ``D(z)`` as decoded).
       dtype: float32 (default) or float64.
 
     #### Example
@@ -98,7 +113,7 @@ class VAESource(PixelatedSource):
     param_event_ndims = {"z": 1}
 
     def __init__(self, decoder, pixel_scale: float, interpolation: str = "bilinear",
-                 dtype=tf.float32):
+                 normalize_flux: bool = False, dtype=tf.float32):
         self.decoder_spec = os.fspath(decoder) if isinstance(decoder, (str, os.PathLike)) else None
         model = load_decoder(decoder)
         in_shape = tuple(model.input_shape[1:])
@@ -117,13 +132,33 @@ class VAESource(PixelatedSource):
         self._loop_decoder = loop_friendly(model)
         self.latent_dim = int(in_shape[0])
         self._decoder_dtype = model_dtype(model)
+        if not isinstance(normalize_flux, bool):
+            raise ValueError(f"normalize_flux must be True or False, got {normalize_flux!r}")
+        self.normalize_flux = normalize_flux
+        self._reference_mean = None
+        if normalize_flux:
+            mean0 = float(tf.reduce_mean(self._decode_raw(tf.zeros([1, self.latent_dim]))))
+            if not mean0 > 0:
+                raise ValueError(f"normalize_flux=True needs a decoder whose image at z = 0 "
+                                 f"has a positive mean, got {mean0!r}")
+            self._reference_mean = mean0
 
     def get_config(self):
         return {**Profile.get_config(self), "decoder": self.decoder_spec,
-                "pixel_scale": self.pixel_scale, "interpolation": self.interpolation}
+                "pixel_scale": self.pixel_scale, "interpolation": self.interpolation,
+                "normalize_flux": self.normalize_flux}
 
     def decode(self, z):
-        """Source images ``D(z)``, ``[..., n, n]`` in the profile's dtype, for ``z [..., K]``."""
+        """Source images ``D(z)`` (flux-normalised ``D~(z)`` with ``normalize_flux``),
+        ``[..., n, n]`` in the profile's dtype, for ``z [..., K]``."""
+        img = self._decode_raw(z)
+        if not self.normalize_flux:
+            return img
+        m0 = tf.constant(self._reference_mean, img.dtype)
+        mean = tf.reduce_mean(img, axis=[-2, -1], keepdims=True)
+        return img * (m0 / tf.maximum(mean, m0 / 20.0))
+
+    def _decode_raw(self, z):
         z = tf.cast(z, self._decoder_dtype)
         batch = tf.shape(z)[:-1]
         flat = tf.reshape(z, [-1, self.latent_dim])
