@@ -15,7 +15,8 @@ of its gradient, and of the VAE decoder alone, at batches of 1, 8 and 32 points 
 with and without XLA, on this machine: where the time of every leapfrog step goes.
 
 ``python benchmarks/fit_vae.py [--seed 0] [--kernel chees] [--num-chains 32]
-[--num-burnin 300] [--num-results 300] [--neutra] [--json out.json]`` runs the public
+[--num-burnin 300] [--num-results 300] [--neutra] [--xla] [--map-polish-steps 30]
+[--normalize-flux] [--json out.json]`` runs the public
 pipeline :func:`tfstronglens.inference.fit_lens` (``method="hmc"``) and prints seconds
 per stage, gradient evaluations, max R-hat and min bulk/tail ESS over every parameter,
 the ESS per second of the slowest parameter, and the issue's targets: the whole

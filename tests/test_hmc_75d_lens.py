@@ -7,7 +7,8 @@ subhalos, fitted by the public pipeline with the model under XLA: multi-start MA
 starts x 300 Adam steps, no Levenberg-Marquardt polish) -> full-rank VI started at the
 Laplace approximation -> ChEES-HMC with 8 chains, 100 warm-up steps (a dense metric
 adapted in Stan's windows, started at the VI covariance) and 600 kept draws per chain
-(the settings of ``benchmarks/fit_vae.py`` that meet issue #19's 10-minute target). It
+(the settings with which ``benchmarks/fit_vae.py`` met issue #19's 10-minute target on
+its seed 0, not on seed 1: ``benchmarks/README.md``). It
 must converge:
 rank-normalised split R-hat (Vehtari et al. 2021) below 1.01 for every parameter, bulk
 ESS above 1000, at most 0.1% divergent transitions after warm-up, and the lens
