@@ -88,20 +88,19 @@ def simulate(obs, stamp, pixel_scale, truth, snr, seed):
     from tfstronglens.profiles import EPL, Shear
     sim = Simulator(obs.grid(2), lens=[EPL(), Shear()],
                     source=[PixelatedSource(stamp.shape[-1], pixel_scale)], psf=obs.psf)
-    lens = [{k.split(".")[-1]: truth[f"lens.0.{k.split('.')[-1]}"]
-             for k in LENS_PARAMS[:6]},
-            {"gamma1": truth["lens.1.gamma1"], "gamma2": truth["lens.1.gamma2"]}]
+    lens = [{k.split(".")[-1]: truth[k] for k in LENS_PARAMS if k.startswith("lens.0.")},
+            {k.split(".")[-1]: truth[k] for k in LENS_PARAMS if k.startswith("lens.1.")}]
     clean = sim(lens=lens, source=[{"image": stamp, "center_x": truth["source.0.center_x"],
                                     "center_y": truth["source.0.center_y"]}])
     clean = clean * obs.scale_to_snr(clean, snr)[:, None, None]
     return np.asarray(obs.add_noise(clean, seed=seed))[0]
 
 
-def fit_one(args, obs, stamp, pixel_scale, index, snr):
+def fit_one(args, obs, source, stamp, index, snr):
+    """Simulate lens ``index`` at ``snr`` and fit it with the VAE ``source``."""
     rng = np.random.default_rng([args.seed, index])
     truth = draw_lens(rng)
-    data = simulate(obs, stamp, pixel_scale, truth, snr, seed=1000 * args.seed + index)
-    source = VAESource("synthetic_galaxies_64", pixel_scale=pixel_scale)
+    data = simulate(obs, stamp, source.pixel_scale, truth, snr, seed=1000 * args.seed + index)
     model = LensModel(obs, "epl+shear", source, z_lens=0.5, z_source=2.0, data=data,
                       amp_scale=float(np.percentile(data, 99.5)) / obs.pixel_area,
                       jit_compile=args.xla)
@@ -186,12 +185,14 @@ def main(argv=None):
     if not args.report_only:
         stamps, pixel_scale = galaxy_stamps(args.galaxies, args.num_lenses)
         obs = Observation.from_instrument("hst_acs_f814w", num_pix=64)
+        # loaded (and its loop-friendly clone built) once for all lenses
+        source = VAESource("synthetic_galaxies_64", pixel_scale=pixel_scale)
         done = {(r["snr"], r["index"], r["method"], r["galaxies"]) for r in rows}
         todo = [(snr, i) for snr in snrs for i in range(args.num_lenses)
                 if (snr, i, args.method, args.galaxies) not in done]
         print(f"{len(todo)} fits to do ({len(rows)} already in {args.out})", flush=True)
         for k, (snr, i) in enumerate(todo):
-            row = fit_one(args, obs, stamps[i % len(stamps)], pixel_scale, i, snr)
+            row = fit_one(args, obs, source, stamps[i % len(stamps)], i, snr)
             rows.append(row)
             with open(args.out, "a") as fh:  # one complete line per lens
                 fh.write(json.dumps(row, default=float) + "\n")
