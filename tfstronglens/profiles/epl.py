@@ -135,12 +135,24 @@ def _unscale(re, im, scale):
     return tf.math.real(z), tf.math.imag(z)
 
 
-def _epl_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, n_terms):
-    """EPL deflection ``(alpha_x, alpha_y)`` at ``(x, y)`` (``t = gamma - 1``), with the
-    hand-written gradient described in :class:`EPL`."""
+def power_law_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, hypergeometric,
+                         t_derivative=None):
+    """Deflection ``(alpha_x, alpha_y)`` of an elliptical power law (``t = gamma - 1``) at
+    ``(x, y)``, with the hand-written gradient described in :class:`EPL`, for a given way
+    of evaluating its hypergeometric function: the one home of that gradient, shared by
+    :class:`EPL` (a series in ``u``) and :class:`~tfstronglens.profiles.SIE` (``t = 1``,
+    a closed form).
 
-    @tf.custom_gradient
-    def deflection(x, y, center_x, center_y, theta_E, t, e1, e2):
+    Args:
+      hypergeometric: ``(ur, ui, t) -> (fr, fi, gr, gi)``: ``F(u) = 2F1(1, t/2; 2 - t/2;
+        u)`` and ``G(u) = (F - 1) / u``, without a 0/0 at ``u = 0``.
+      t_derivative: ``(ur, ui, t) -> (dfr, dfi, dscale)`` with ``dF/dt = (dfr + i dfi) /
+        dscale``, or ``None`` when ``t`` is a number (a fixed slope: no gradient in ``t``,
+        and ``(b/R)^t`` without a power for ``t = 1``).
+    """
+    variable_t = t_derivative is not None
+
+    def forward(x, y, center_x, center_y, theta_E, t, e1, e2):
         dx = x - center_x
         dy = y - center_y
         # V = z - e conj(z) = (1 + |e|) W, |V| = (1 + |e|) R, w^2 = V^2 / |V|^2 = W^2 / R^2
@@ -153,18 +165,17 @@ def _epl_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, n_terms):
         # u = -conj(e) w^2, |u| = |e|
         ur = -(e1 * w2r + e2 * w2i)
         ui = e2 * w2r - e1 * w2i
-        # F(u) = 2F1(1, t/2; 2 - t/2; u)
-        # G(u) = (F - 1)/u = sum_n c_{n+1} u^n, F = 1 + u G: one series serves the value
-        # and (through F') the gradient
-        coeffs, scale = _scaled_coefficients(t, n_terms)
-        chains, powers = _chains(coeffs[1:], ur, ui)
-        fr, fi = _combine(chains, powers, shift=1)  # u G
-        fr, fi = _unscale(fr + scale, fi, scale)
-        gr_, gi_ = _unscale(*_combine(chains, powers), scale)
+        # F(u) and G(u) = (F - 1)/u: F for the value, both (through F') for the gradient
+        fr, fi, gr_, gi_ = hypergeometric(ur, ui, t)
         s2 = 1.0 - e1 * e1 - e2 * e2
-        # log(b / R) = log((1 + |e|) b) - log|V|, (1 + |e|) b = theta_E sqrt(1 - |e|^2)
-        log_rho = tf.math.log(theta_E) + 0.5 * tf.math.log(s2) - 0.5 * tf.math.log(v2)
-        rho_t = tf.exp(t * log_rho)  # (b / R)^t
+        # b / R = (1 + |e|) b / |V|, (1 + |e|) b = theta_E sqrt(1 - |e|^2)
+        if variable_t:
+            log_rho = tf.math.log(theta_E) + 0.5 * tf.math.log(s2) - 0.5 * tf.math.log(v2)
+            rho_t = tf.exp(t * log_rho)  # (b / R)^t
+        elif t == 1.0:
+            rho_t = theta_E * tf.sqrt(s2) * tf.math.rsqrt(v2)
+        else:
+            rho_t = (theta_E * tf.sqrt(s2) * tf.math.rsqrt(v2)) ** t
         kr = rho_t * vr  # K = (b/R)^t V = (1 + |e|) b (b/R)^(t-1) W / R
         ki = rho_t * vi
         ar, ai = cmul(kr, ki, fr, fi)
@@ -199,33 +210,78 @@ def _epl_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, n_terms):
             kfr, kfi = cmul(kr, ki, fpr, fpi)
             kfwr, kfwi = cmul(kfr, kfi, w2r, w2i)
             g_alpha = gx * ar + gy * ai  # Re(conj(g) alpha)
-            # d/dtheta_E = t alpha / theta_E
-            # d/dt = alpha log(b/R) + K dF/dt, log(b/R) = log(theta_E sqrt(s2)) - log|V|.
-            # Only Re(conj(g) K dF/dt) is needed: one series, summed in its own loop
-            hr = gx * kr + gy * ki  # conj(g) K
-            hi = gx * ki - gy * kr
-            dcoeffs, dscale = _scaled_coefficients(t, n_terms, derivative=True)
-            dfr, dfi = _power_series(dcoeffs, ur, ui)
             # the parameter derivatives are pixel sums of these, taken together
             # (sum_pixels); terms that are a parameter times a pixel sum are added after
-            params = (center_x, center_y, theta_E, t, e1, e2)
-            s_x, s_y, s_alpha, s_logv, s_e1, s_e2, s_series = sum_pixels(
-                [grad_dx, grad_dy, g_alpha, tf.math.log(v2) * g_alpha,
-                 -(gx * (pzr + qzr + kfwr) + gy * (pzi + qzi + kfwi)),
-                 gy * (qzr - pzr + kfwr) - gx * (qzi - pzi + kfwi)],
-                broadcast_shape(*params), expensive=[hr * dfr - hi * dfi])
-            s_t = s_series / dscale - 0.5 * s_logv
+            sums = [grad_dx, grad_dy, g_alpha,
+                    -(gx * (pzr + qzr + kfwr) + gy * (pzi + qzi + kfwi)),
+                    gy * (qzr - pzr + kfwr) - gx * (qzi - pzi + kfwi)]
+            params = (center_x, center_y, theta_E, e1, e2)
+            if not variable_t:
+                s_x, s_y, s_alpha, s_e1, s_e2 = sum_pixels(sums, broadcast_shape(*params))
+            else:
+                # d/dt = alpha log(b/R) + K dF/dt, log(b/R) = log(theta_E sqrt(s2)) - log|V|.
+                # Only Re(conj(g) K dF/dt) is needed: one series, summed in its own loop
+                hr = gx * kr + gy * ki  # conj(g) K
+                hi = gx * ki - gy * kr
+                dfr, dfi, dscale = t_derivative(ur, ui, t)
+                s_x, s_y, s_alpha, s_e1, s_e2, s_logv, s_series = sum_pixels(
+                    sums + [tf.math.log(v2) * g_alpha], broadcast_shape(*params, t),
+                    expensive=[hr * dfr - hi * dfi])
+            # d/dtheta_E = t alpha / theta_E
             c = t / s2
-            log_b = tf.math.log(theta_E) + 0.5 * tf.math.log(s2)
-            return (sum_to(grad_dx, x), sum_to(grad_dy, y),
-                    sum_to(-s_x, center_x), sum_to(-s_y, center_y),
-                    sum_to(t * s_alpha / theta_E, theta_E),
-                    sum_to(log_b * s_alpha + s_t, t),
-                    sum_to(s_e1 - c * e1 * s_alpha, e1), sum_to(s_e2 - c * e2 * s_alpha, e2))
+            grads = (sum_to(grad_dx, x), sum_to(grad_dy, y),
+                     sum_to(-s_x, center_x), sum_to(-s_y, center_y),
+                     sum_to(t * s_alpha / theta_E, theta_E),
+                     sum_to(s_e1 - c * e1 * s_alpha, e1), sum_to(s_e2 - c * e2 * s_alpha, e2))
+            if variable_t:
+                log_b = tf.math.log(theta_E) + 0.5 * tf.math.log(s2)
+                s_t = s_series / dscale - 0.5 * s_logv
+                grads += (sum_to(log_b * s_alpha + s_t, t),)
+            return grads
 
         return (ar, ai), grad
 
-    return deflection(x, y, center_x, center_y, theta_E, t, e1, e2)
+    if variable_t:
+        @tf.custom_gradient
+        def deflection(x, y, center_x, center_y, theta_E, e1, e2, t):
+            return forward(x, y, center_x, center_y, theta_E, t, e1, e2)
+
+        return deflection(x, y, center_x, center_y, theta_E, e1, e2, t)
+
+    @tf.custom_gradient
+    def deflection_fixed_t(x, y, center_x, center_y, theta_E, e1, e2):
+        return forward(x, y, center_x, center_y, theta_E, t, e1, e2)
+
+    return deflection_fixed_t(x, y, center_x, center_y, theta_E, e1, e2)
+
+
+def _series_hypergeometric(n_terms):
+    """``F`` and ``G = (F - 1)/u`` of the EPL by its series (one series serves both:
+    ``F = 1 + u G``), and ``dF/dt`` by one more: the arguments of
+    :func:`power_law_deflection`."""
+
+    def hypergeometric(ur, ui, t):
+        coeffs, scale = _scaled_coefficients(t, n_terms)
+        chains, powers = _chains(coeffs[1:], ur, ui)
+        fr, fi = _combine(chains, powers, shift=1)  # u G
+        fr, fi = _unscale(fr + scale, fi, scale)
+        gr, gi = _unscale(*_combine(chains, powers), scale)
+        return fr, fi, gr, gi
+
+    def t_derivative(ur, ui, t):
+        dcoeffs, dscale = _scaled_coefficients(t, n_terms, derivative=True)
+        dfr, dfi = _power_series(dcoeffs, ur, ui)
+        return dfr, dfi, dscale
+
+    return hypergeometric, t_derivative
+
+
+def _epl_deflection(x, y, center_x, center_y, theta_E, t, e1, e2, n_terms):
+    """EPL deflection ``(alpha_x, alpha_y)`` at ``(x, y)`` (``t = gamma - 1``), with the
+    hand-written gradient described in :class:`EPL`."""
+    hypergeometric, t_derivative = _series_hypergeometric(n_terms)
+    return power_law_deflection(x, y, center_x, center_y, theta_E, t, e1, e2,
+                                hypergeometric, t_derivative)
 
 
 class EPL(MassProfile):
