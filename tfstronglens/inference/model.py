@@ -1093,30 +1093,55 @@ class LensModel:
             return ll
         return ll + self._log_prior_flat(params) + ldj
 
-    def _compiled_fn(self, kind: str, objective: str):
-        key = (kind, objective)
-        if key not in self._compiled:
+    def _likelihood_and_prior(self, x, data):
+        """``(log L, log prior + log|J|)`` at unconstrained ``x [B, D]``."""
+        params, ldj = self._split_flat(x)
+        return self._log_like_flat(params, data), self._log_prior_flat(params) + ldj
+
+    @staticmethod
+    def _weighted(prior_weight, ll, prior):
+        """``log L`` plus the prior terms where ``prior_weight > 0``: the posterior for
+        weight 1, the likelihood alone (exactly, whatever the prior terms are) for 0."""
+        return ll + tf.where(prior_weight > 0, prior_weight * prior, tf.zeros_like(prior))
+
+    def _weighted_impl(self, x, data, prior_weight):
+        """The objective with a runtime ``prior_weight`` (:meth:`_weighted`), so that one
+        compiled function serves the posterior and the likelihood."""
+        return self._weighted(prior_weight, *self._likelihood_and_prior(x, data))
+
+    def _compiled_fn(self, kind: str):
+        """The compiled ``fn(x, data, prior_weight)`` of ``kind``: ``"value"``, ``"grad"``
+        (value and gradient), ``"render"`` or ``"prior_hessian"`` (the last two ignore
+        ``data`` or ``prior_weight``). The objective is an argument, not part of the key:
+        a maximum-likelihood fit after a MAP of the same model (the subhalo detection)
+        reuses its compilation."""
+        if kind not in self._compiled:
             if kind == "value":
-                def fn(x, data):
-                    return self._unconstrained_impl(x, data, objective)
-            elif kind == "render":  # model images (data and objective unused)
-                def fn(x, data):
+                fn = self._weighted_impl
+            elif kind == "render":  # model images
+                def fn(x, data, prior_weight):
                     return self._render_flat(self._split_flat(x)[0], data)
-            elif kind == "prior_hessian":  # Hessian of -(log prior + log|J|) (data unused)
-                fn = self._prior_hessian_flat
+            elif kind == "prior_hessian":  # Hessian of -(log prior + log|J|)
+                def fn(x, data, prior_weight):
+                    return self._prior_hessian_flat(x)
             else:
-                def fn(x, data):
-                    with tf.GradientTape() as tape:
+                def fn(x, data, prior_weight):
+                    # two gradients, so that the likelihood's is exactly its own when
+                    # the prior is off (no 0 x inf from prior terms at a bound)
+                    with tf.GradientTape(persistent=True) as tape:
                         tape.watch(x)
-                        val = self._unconstrained_impl(x, data, objective)
-                    return val, tape.gradient(val, x)
+                        ll, prior = self._likelihood_and_prior(x, data)
+                    g_ll, g_prior = tape.gradient(ll, x), tape.gradient(prior, x)
+                    return (self._weighted(prior_weight, ll, prior),
+                            self._weighted(prior_weight, g_ll, g_prior))
             # Without XLA, one trace with a relaxed batch size serves every batch (MAP
             # starts, Laplace's finite differences, LM's renders): each new trace and its
             # first graph optimisation cost seconds. XLA compiles per shape anyway and
             # keeps static shapes for its fast paths.
-            self._compiled[key] = tf.function(fn, jit_compile=self.jit_compile, autograph=False,
-                                              reduce_retracing=not self.jit_compile)
-        return self._compiled[key]
+            self._compiled[kind] = tf.function(fn, jit_compile=self.jit_compile,
+                                               autograph=False,
+                                               reduce_retracing=not self.jit_compile)
+        return self._compiled[kind]
 
     def _prior_hessian_flat(self, x, data=None):
         """Hessian ``[B, D, D]`` of ``-(log prior + log|J|)`` at ``x [B, D]``.
@@ -1170,12 +1195,13 @@ class LensModel:
     def _padded(self, kind, x2, d, objective):
         """Call a compiled function on ``x2 [B, D]``, padded/chunked to
         ``compile_batch_size`` rows when set."""
-        fn = self._compiled_fn(kind, objective)
+        fn = self._compiled_fn(kind)
+        w = tf.constant(0.0 if objective == "likelihood" else 1.0, self.dtype)
         cb = self.compile_batch_size
         B = x2.shape[0]
         if cb is None or B is None or B == cb:
-            return fn(x2, d)
-        return run_in_batches(lambda part: fn(part, d), x2, cb)
+            return fn(x2, d, w)
+        return run_in_batches(lambda part: fn(part, d, w), x2, cb)
 
     def _value_2d(self, x2, d, objective="posterior"):
         return self._padded("value", x2, d, objective)
