@@ -114,6 +114,14 @@ def test_levenberg_marquardt_polish_reaches_the_mode(problem):
     _, val_ml = polish_levenberg_marquardt(model, short.all_x, data, objective="likelihood",
                                            num_iterations=20)
     assert val_ml.max() >= float(model.log_likelihood(TRUTH, data)) - 1e-2
+    # find_map with no Adam steps polishes the given starts: the same points and values
+    # (the starts and their ranking as above, the values from the polish itself)
+    only = find_map(model, data, num_starts=16, num_steps=0, init=short.all_x, lm_steps=20,
+                    lm_starts=16, progress=False)
+    np.testing.assert_allclose(only.all_objective.numpy(), val, rtol=0, atol=1e-6)
+    assert only.loss_history.shape == (0, 16)
+    with pytest.raises(ValueError, match="num_steps=0"):
+        find_map(model, data, num_starts=2, num_steps=0, progress=False)
     with pytest.raises(ValueError, match="x0 must have shape"):
         polish_levenberg_marquardt(model, np.zeros((2, 3)), data)
     with pytest.raises(ValueError, match="num_iterations"):

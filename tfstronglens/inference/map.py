@@ -99,6 +99,13 @@ class MAPResult:
                 f"wall_time={self.wall_time:.3g}s)")
 
 
+def polished_starts(num_params: int) -> int:
+    """How many starts :func:`find_map` polishes by default with Levenberg-Marquardt: as
+    many as keep one iteration within ``2048`` renders (``2 D`` per start), at least one
+    (all 32 starts of a 22-parameter model; 13 of a 77-parameter one)."""
+    return max(1, _LM_RENDERS_PER_ITERATION // (2 * positive_int(num_params, "num_params")))
+
+
 def initial_points(model: LensModel, num_starts: int, seed=None, init=None,
                    init_jitter: float = 0.0):
     """``[num_starts, D]`` unconstrained starting points.
@@ -198,7 +205,8 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
       model: the :class:`LensModel`.
       data: the image ``[N, N]`` (default: the model's data).
       num_starts: number of starts ``S`` optimised together (batched).
-      num_steps: Adam steps (>= 1).
+      num_steps: Adam steps (0: none, the starts are only polished: needs ``lm_steps`` or
+        ``lbfgs_steps``; e.g. to polish the converged fits of a related objective).
       learning_rate: initial Adam step size in unconstrained units.
       seed: int or stateless seed for the starting points.
       init, init_jitter: starting points (see :func:`initial_points`).
@@ -227,7 +235,7 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
         raise ValueError(f"model must be a LensModel, got {model!r}")
     obj = model.objective(data, objective)
     S = positive_int(num_starts, "num_starts")
-    n_steps = positive_int(num_steps, "num_steps")
+    n_steps = positive_int(num_steps, "num_steps", minimum=0)
     lr0 = positive_float(learning_rate, "learning_rate")
     decay = positive_float(lr_decay, "lr_decay")
     if decay > 1:
@@ -235,8 +243,11 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
     k = positive_int(steps_per_call, "steps_per_call")
     n_lbfgs = positive_int(lbfgs_steps, "lbfgs_steps", minimum=0)
     n_lm = positive_int(lm_steps, "lm_steps", minimum=0)
+    if n_steps == 0 and not (n_lm or n_lbfgs):
+        raise ValueError("num_steps=0 (no Adam steps) needs lm_steps > 0 or lbfgs_steps > 0: "
+                         "there would be nothing to optimise")
     if lm_starts is None:
-        n_lm_starts = min(S, max(1, _LM_RENDERS_PER_ITERATION // (2 * model.num_params)))
+        n_lm_starts = min(S, polished_starts(model.num_params))
     else:
         n_lm_starts = min(S, positive_int(lm_starts, "lm_starts"))
     d = obj.data
@@ -271,7 +282,12 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
             bar.set_postfix_str(f"best {float(tf.reduce_max(best_val)):.6g}")
     bar.close()
     # the last point too
-    val, _ = obj.value_and_gradient(x)   # (shares the compiled gradient)
+    if n_steps:
+        val, _ = obj.value_and_gradient(x)   # (shares the compiled gradient)
+    elif n_lbfgs or S > n_lm_starts:  # the polish needs the starts' values (ranks them)
+        val = tf.convert_to_tensor(obj.value(x))
+    else:  # every start is polished and gets its value there: no compiled value needed
+        val = best_val
     improved = tf.math.is_finite(val) & (val > best_val)
     best_x = tf.where(improved[:, None], x, best_x)
     best_val = tf.where(improved, val, best_val)
@@ -300,7 +316,8 @@ def find_map(model: LensModel, data=None, num_starts: int = 100, num_steps: int 
     return MAPResult(params=params, x=x_best, objective=float(best_val[i_best]),
                      objective_name=objective, log_likelihood=ll, log_posterior=lp,
                      all_x=best_x, all_params=all_params, all_objective=best_val,
-                     loss_history=np.concatenate(history, axis=0), param_names=model.param_names,
+                     loss_history=(np.concatenate(history, axis=0) if history
+                                   else np.zeros((0, S))), param_names=model.param_names,
                      num_starts=S, num_steps=n_steps, best_index=i_best,
                      wall_time=time.perf_counter() - start)
 
