@@ -26,8 +26,10 @@ _SOURCES = ("vae", "sersic", "pixelated", "rim")
 _METHODS = ("map", "vi", "hmc")
 #: The HMC checkpoint of a run, in its ``--out`` folder (resumed by a rerun).
 HMC_CHECKPOINT = "hmc_checkpoint.npz"
-# the defaults of fit's inference settings (also those of fit-many)
-_FIT_DEFAULTS = dict(method="hmc", num_starts=64, map_steps=500, vi_steps=500,
+# the defaults of fit's inference settings (also those of fit-many). 300 Adam steps: with
+# the Levenberg-Marquardt polish after them they reached the same best MAP as 500 on the
+# 100x100 images of benchmarks/subhalo_search.py, in two thirds of the time
+_FIT_DEFAULTS = dict(method="hmc", num_starts=64, map_steps=300, vi_steps=500,
                     num_chains=8, num_results=500, num_burnin=500, map_polish_steps=30,
                     hmc_kernel="nuts")
 _OVERWRITE_HELP = ("start a fresh run in DIR even if it is not empty: the outputs of an "
@@ -146,6 +148,12 @@ def add_fit_options(p):
                         "as the data were (B more detections; summary.json's "
                         "subhalo_detection.null_calibration). Needs --subhalos >= 1 "
                         "(default: 0, Wilks' asymptotic significance only)")
+    p.add_argument("--scan-grid", type=_non_negative, default=24, metavar="G",
+                   help="with --subhalos 1: fit the model without the subhalo first, scan "
+                        "the likelihood gain of a subhalo on a G x G grid by linear "
+                        "response, and start the one-subhalo fits at the best cells (0: fit "
+                        "the subhalo from prior draws and start the detection on a regular "
+                        "grid, slower) (default: %(default)s)")
     p.add_argument("--source-init", choices=("prior", "rim"), default="prior",
                    help="rim: first fit the lens with --source rim, then start the MAP of "
                         "the vae/pixelated fit there, its source from the RIM's "
@@ -261,7 +269,8 @@ def _fit_kwargs(args):
                 num_burnin=args.num_burnin, max_tree_depth=args.max_tree_depth,
                 hmc_kernel=args.hmc_kernel, neutra=args.neutra,
                 map_polish_steps=polish, progress=not args.no_progress,
-                init=_init(args), null_simulations=null_simulations)
+                init=_init(args), null_simulations=null_simulations,
+                scan_grid=getattr(args, "scan_grid", 24) or None)
 
 
 def _init(args):
@@ -467,7 +476,9 @@ def fit_image(args, *, log=None):
     log = sys.stderr if log is None else log
     fit_kwargs = check_fit_options(args)
     _check_out(args.out, args.overwrite)
-    model, obs_img, spec = build_model_from_args(args, min(16, args.num_starts), log=log)
+    # batches of 8: the cost per point is the same as at 16 on the 100x100 images of
+    # benchmarks/subhalo_search.py, and the detection's 8-start fits are not padded to 16
+    model, obs_img, spec = build_model_from_args(args, min(8, args.num_starts), log=log)
     with _run_folder(args.out, args.overwrite, (*FIT_OUTPUT_FILES, HMC_CHECKPOINT)):
         return _run_fit(args, model, obs_img, spec, fit_kwargs, log)
 

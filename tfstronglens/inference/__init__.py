@@ -3,8 +3,9 @@ detection (and, when present, HMC/NUTS and diagnostics)."""
 
 from .amortized import AMORTIZED_INITS, amortized_starts
 from .calibration import TARPResult, interval_coverage, tarp_coverage
-from .detection import (NullCalibration, SubhaloDetection, calibrate_null, detect_subhalo,
-                        empirical_p_value, fit_null_distribution, wilks_significance)
+from .detection import (NullCalibration, SubhaloDetection, SubhaloScan, calibrate_null,
+                        detect_subhalo, empirical_p_value, fit_null_distribution,
+                        scan_subhalo, subhalo_point, wilks_significance)
 from .diagnostics import (
     effective_sample_size,
     format_summary,
@@ -57,6 +58,9 @@ __all__ = [
     "laplace_approximation",
     "detect_subhalo",
     "SubhaloDetection",
+    "scan_subhalo",
+    "SubhaloScan",
+    "subhalo_point",
     "wilks_significance",
     "calibrate_null",
     "NullCalibration",

@@ -44,9 +44,9 @@ import tensorflow as tf
 from ..io._atomic import atomic_output
 from ._util import as_seed, positive_int
 from .amortized import AMORTIZED_INITS, amortized_starts
-from .detection import SubhaloDetection, calibrate_null, detect_subhalo
+from .detection import SubhaloDetection, calibrate_null, detect_subhalo, subhalo_point
 from .diagnostics import save_samples, summarize
-from .map import MAPResult, find_map
+from .map import MAPResult, find_map, polished_starts
 from .mcmc import sample_hmc
 from .kernels import SAMPLERS, self_tuning_samplers
 from .model import LensModel
@@ -214,6 +214,57 @@ def _subhalo_mass_summary(model: LensModel, x, max_draws: int = 4000) -> dict:
 _MAX_LM_PARAMS = 128
 
 
+def _smooth_likelihood_fit(model: LensModel, d, map_res, det_starts, det_steps,
+                           map_learning_rate, seed, progress):
+    """The maximum-likelihood fit of the model without subhalos (the detection's ``H0``),
+    started at the MAP's lens and source: a few jittered starts converge much faster
+    than starts from the prior."""
+    m0 = model.replace(num_subhalos=0) if model.num_subhalos else model
+    init0 = {k: v for k, v in map_res.params.items() if not k.startswith("subhalo.")}
+    return find_map(m0, d, num_starts=max(1, min(8, det_starts)), num_steps=det_steps,
+                    learning_rate=0.2 * map_learning_rate, seed=seed, init=init0,
+                    init_jitter=0.02, objective="likelihood", progress=progress)
+
+
+def _smooth_first_search(model: LensModel, d, seeds, *, num_starts, map_steps,
+                         map_learning_rate, lm_steps, map_init, map_init_jitter, det_starts,
+                         det_steps, det_lr, scan_grid, progress):
+    """The MAP and the detection of a one-subhalo model, smooth model first (see
+    :func:`fit_lens`'s ``scan_grid``). Returns ``(map_result, detection, seconds spent
+    in the detection)``."""
+    m0 = model.replace(num_subhalos=0)
+    init0 = None if map_init is None else {k: v for k, v in map_init.items()
+                                           if k in m0.parameters}
+    # (only the best smooth mode matters here: the Levenberg-Marquardt polish of at
+    # most the best 16 starts after Adam, not of all)
+    map0 = find_map(m0, d, num_starts=num_starts, num_steps=map_steps,
+                    learning_rate=map_learning_rate, seed=seeds[0], lm_steps=lm_steps,
+                    lm_starts=min(16, num_starts, polished_starts(m0.num_params)),
+                    init=init0 or None,
+                    init_jitter=map_init_jitter if init0 else 0.0, progress=progress)
+    t = time.perf_counter()
+    fit0 = _smooth_likelihood_fit(model, d, map0, det_starts, max(1, det_steps // 2),
+                                  map_learning_rate, seeds[4], progress)
+    detection = detect_subhalo(model, d, num_starts=det_starts, num_steps=det_steps,
+                               learning_rate=det_lr, seed=seeds[3], fit_without=fit0,
+                               scan_grid=scan_grid, progress=progress)
+    t_detection = time.perf_counter() - t
+    # the posterior mode with the subhalo: from the detection's fits, and from the smooth
+    # MAP with the lightest subhalo at the detection's position (where the prior may win)
+    light = subhalo_point(model, map0.x, model.subhalo_mass_range[0], detection.center_x,
+                          detection.center_y)
+    fits = detection.fit_with
+    best = np.argsort(-np.where(np.isfinite(fits.all_objective), fits.all_objective,
+                                -np.inf), kind="stable")[:3]
+    starts = np.concatenate([np.asarray(fits.all_x, np.float64)[best], light], 0)
+    # (Levenberg-Marquardt alone when it runs: no compiled posterior gradient needed)
+    map_res = find_map(model, d, num_starts=len(starts),
+                       num_steps=0 if lm_steps else max(1, det_steps // 10),
+                       learning_rate=0.25 * det_lr, seed=seeds[0], init=starts,
+                       lm_steps=lm_steps, progress=progress)
+    return map_res, detection, t_detection
+
+
 def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              num_starts: int = 64, map_steps: int = 500, map_learning_rate: float = 0.05,
              map_polish_steps: int = 30,
@@ -223,7 +274,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
              target_accept: float | None = None, adapt_mass_matrix: str | None = "dense",
              hmc_kernel: str = "nuts", neutra: bool = False, detect: bool | None = None,
              detection_starts: int | None = None, detection_steps: int | None = None,
-             detection_learning_rate: float | None = None, null_simulations: int = 0,
+             detection_learning_rate: float | None = None, scan_grid: int | None = 24,
+             null_simulations: int = 0,
              checkpoint: str | None = None, progress: bool = True,
              hmc_jit_compile: bool | None = None, map_result=None, map_init=None,
              map_init_jitter: float = 0.1, init=None) -> FitResult:
@@ -276,6 +328,20 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         its maximum-likelihood fits (default: ``num_starts``, ``map_steps`` and
         ``0.4 map_learning_rate``: smaller steps keep the converged lens and source while
         the subhalo, started on a grid of positions, moves).
+      scan_grid: for a model with one subhalo whose detection runs, the subhalo is
+        searched *smooth first*: the MAP stage fits the model without the subhalo, the
+        detection starts its one-subhalo fits at the best cells of a linear-response scan
+        of the likelihood gain on a ``scan_grid x scan_grid`` grid
+        (:func:`~tfstronglens.inference.scan_subhalo`; ``detection.scan``), and the MAP of
+        the model with the subhalo is then polished from those fits and from the smooth
+        MAP with the lightest subhalo (the 3 best fits and that one, ``map_polish_steps``
+        Levenberg-Marquardt iterations; ``detection_steps / 10`` Adam steps when that is
+        0); the detection then defaults to ``min(8, num_starts)`` starts and
+        ``min(200, map_steps)`` steps (half as many for its fit without the subhalo, which
+        starts at the smooth MAP), and the smooth MAP polishes its best 16 starts.
+        ``None``: the MAP stage fits
+        the model with its subhalo from prior draws, and the detection starts on a regular
+        grid (slower; ``benchmarks/subhalo_search.py`` compares the two).
       null_simulations: when > 0 (and the detection runs), calibrate its test statistic
         by a parametric bootstrap of this many images drawn from the best fit without a
         subhalo, each searched as the data were
@@ -322,6 +388,8 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     positive_int(num_burnin, "num_burnin", minimum=0)
     positive_int(map_polish_steps, "map_polish_steps", minimum=0)
     positive_int(null_simulations, "null_simulations", minimum=0)
+    if scan_grid is not None:
+        positive_int(scan_grid, "scan_grid", minimum=2)
     lm_steps = map_polish_steps if model.num_params <= _MAX_LM_PARAMS else 0
     if hmc_kernel not in self_tuning_samplers():
         raise ValueError(f"hmc_kernel must be one of {self_tuning_samplers()}, got {hmc_kernel!r}")
@@ -361,15 +429,32 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
     timings = {}
     t_start = time.perf_counter()
 
+    if detect is None:
+        detect = model.num_subhalos > 0
+    smooth_first = (detect and scan_grid is not None and model.num_subhalos == 1
+                    and map_result is None and (map_init is None or isinstance(map_init, dict)))
+    # the scan puts the one-subhalo fits where the data ask for a subhalo: a few starts
+    # (its best cells) and fewer steps do what a regular grid of num_starts did
+    det_starts = detection_starts or (min(8, num_starts) if smooth_first else num_starts)
+    det_steps = detection_steps or (min(200, map_steps) if smooth_first else map_steps)
+    det_lr = detection_learning_rate or 0.4 * map_learning_rate
+    detection = null_calibration = None
     t = time.perf_counter()
-    if map_result is None:
+    if smooth_first:
+        map_res, detection, t_detection = _smooth_first_search(
+            model, d, seeds, num_starts=num_starts, map_steps=map_steps,
+            map_learning_rate=map_learning_rate, lm_steps=lm_steps, map_init=map_init,
+            map_init_jitter=map_init_jitter, det_starts=det_starts, det_steps=det_steps,
+            det_lr=det_lr, scan_grid=scan_grid, progress=progress)
+        timings["detection"] = t_detection
+    elif map_result is None:
         map_res = find_map(model, d, num_starts=num_starts, num_steps=map_steps,
                            learning_rate=map_learning_rate, seed=seeds[0], lm_steps=lm_steps,
                            init=map_init, init_jitter=map_init_jitter if map_init is not None
                            else 0.0, progress=progress)
     else:
         map_res = map_result
-    timings["map"] = time.perf_counter() - t
+    timings["map"] = time.perf_counter() - t - timings.get("detection", 0.0)
     if t_init is not None:
         timings["init"] = t_init
     best_fit = {k: float(v) for k, v in map_res.params.items() if np.ndim(v) == 0}
@@ -439,29 +524,20 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
 
     subhalo_masses = _subhalo_mass_summary(model, x_draws)
 
-    detection = null_calibration = None
-    if detect is None:
-        detect = model.num_subhalos > 0
     if detect:
-        t = time.perf_counter()
-        det_starts = detection_starts or num_starts
-        det_steps = detection_steps or map_steps
-        # H0 (no subhalo) maximum likelihood, started at the MAP's lens and source: a few
-        # jittered starts converge much faster than starts from the prior.
-        m0 = model.replace(num_subhalos=0) if model.num_subhalos else model
-        init0 = {k: v for k, v in map_res.params.items() if not k.startswith("subhalo.")}
-        fit0 = find_map(m0, d, num_starts=max(1, min(8, det_starts)), num_steps=det_steps,
-                        learning_rate=0.2 * map_learning_rate, seed=seeds[4], init=init0,
-                        init_jitter=0.02, objective="likelihood", progress=progress)
-        det_lr = detection_learning_rate or 0.4 * map_learning_rate
-        detection = detect_subhalo(
-            model, d, num_starts=det_starts, num_steps=det_steps, learning_rate=det_lr,
-            seed=seeds[3], fit_without=fit0, progress=progress)
-        timings["detection"] = time.perf_counter() - t
+        if detection is None:
+            t = time.perf_counter()
+            fit0 = _smooth_likelihood_fit(model, d, map_res, det_starts, det_steps,
+                                          map_learning_rate, seeds[4], progress)
+            detection = detect_subhalo(
+                model, d, num_starts=det_starts, num_steps=det_steps, learning_rate=det_lr,
+                seed=seeds[3], fit_without=fit0, progress=progress)
+            timings["detection"] = time.perf_counter() - t
         if null_simulations:
             null_calibration = calibrate_null(
                 model, detection, null_simulations, seed=seeds[5], progress=progress,
-                num_starts=det_starts, num_steps=det_steps, learning_rate=det_lr)
+                num_starts=det_starts, num_steps=det_steps, learning_rate=det_lr,
+                scan_grid=scan_grid if smooth_first else None)
             timings["null_calibration"] = null_calibration.wall_time
     timings["total"] = time.perf_counter() - t_start
     settings = dict(method=method, seed=seed, num_starts=num_starts, map_steps=map_steps,
@@ -474,6 +550,9 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
                     hmc_kernel=hmc_kernel, neutra=bool(neutra), detect=bool(detect),
                     detection_starts=detection_starts, detection_steps=detection_steps,
                     detection_learning_rate=detection_learning_rate,
+                    scan_grid=scan_grid, subhalo_search=("smooth first, scan" if smooth_first
+                                                         else "with the subhalo, grid"
+                                                         if detect else None),
                     null_simulations=int(null_simulations),
                     map_reused=map_result is not None)
     if problems:
