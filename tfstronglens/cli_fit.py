@@ -148,12 +148,14 @@ def add_fit_options(p):
                         "as the data were (B more detections; summary.json's "
                         "subhalo_detection.null_calibration). Needs --subhalos >= 1 "
                         "(default: 0, Wilks' asymptotic significance only)")
-    p.add_argument("--scan-grid", type=_non_negative, default=24, metavar="G",
-                   help="with --subhalos 1: fit the model without the subhalo first, scan "
-                        "the likelihood gain of a subhalo on a G x G grid by linear "
-                        "response, and start the one-subhalo fits at the best cells (0: fit "
-                        "the subhalo from prior draws and start the detection on a regular "
-                        "grid, slower) (default: %(default)s)")
+    p.add_argument("--scan-grid", type=_non_negative, default=0, metavar="G",
+                   help="with --subhalos 1, a faster search (e.g. G = 24): fit the model "
+                        "without the subhalo first, scan the likelihood gain of a subhalo on "
+                        "a G x G grid by linear response, and start half the one-subhalo "
+                        "fits at its best cells. It can miss a strong subhalo that the fit "
+                        "without it absorbs (benchmarks/README.md). 0: fit the subhalo from "
+                        "prior draws and start the detection on a regular grid "
+                        "(default: %(default)s)")
     p.add_argument("--source-init", choices=("prior", "rim"), default="prior",
                    help="rim: first fit the lens with --source rim, then start the MAP of "
                         "the vae/pixelated fit there, its source from the RIM's "
@@ -270,7 +272,7 @@ def _fit_kwargs(args):
                 hmc_kernel=args.hmc_kernel, neutra=args.neutra,
                 map_polish_steps=polish, progress=not args.no_progress,
                 init=_init(args), null_simulations=null_simulations,
-                scan_grid=getattr(args, "scan_grid", 24) or None)
+                scan_grid=getattr(args, "scan_grid", 0) or None)
 
 
 def _init(args):

@@ -386,11 +386,11 @@ def detect_subhalo(model: LensModel, data=None, num_starts: int = 64, num_steps:
       dof, boundary: for :func:`wilks_significance`.
       laplace: also compute the Laplace-approximation log Bayes factor.
       fit_without: a previous maximum-likelihood fit of ``H0`` to reuse.
-      scan_grid: when given (cells per side), ``H1``'s subhalo starts are the
-        ``num_starts`` best cells of :func:`scan_subhalo` on that grid (each at its best
-        trial mass) instead of a regular grid: the search starts where the data ask for a
-        subhalo, so far fewer starts and steps find the same maximum (``scan`` of the
-        result holds the map).
+      scan_grid: when given (cells per side), half of ``H1``'s subhalo starts (rounded
+        up) are the best cells of :func:`scan_subhalo` on that grid (each at its best
+        trial mass), the others on the regular grid: the search starts where the data
+        ask for a subhalo, so that fewer starts and steps find the same maximum
+        (``scan`` of the result holds the map).
       progress: progress bars.
 
     Returns:
@@ -421,12 +421,15 @@ def detect_subhalo(model: LensModel, data=None, num_starts: int = 64, num_steps:
                              "(objective='likelihood') of the model without subhalos")
         fit0 = fit_without
     scan = None
-    if scan_grid is not None:
+    if scan_grid is not None and S > 1:
+        # half the starts at the scan's best cells, the other half on a coarse regular
+        # grid: the scan is a linearisation, and a strong subhalo that the fit without it
+        # has partly absorbed (the demo's 1e10 M_sun point mass) can rank low in it
         scan = scan_subhalo(m1, fit0, d, grid=scan_grid)
-        cells = scan.best_cells(S)
-        init = subhalo_point(m1, fit0.x, *cells.T)
-        if len(init) < S:  # fewer cells than starts: repeat the best ones
-            init = np.resize(init, (S, init.shape[1]))
+        n_scan = (S + 1) // 2
+        cells = scan.best_cells(n_scan)
+        init = np.concatenate([subhalo_point(m1, fit0.x, *cells.T),
+                               _subhalo_starts(m1, fit0, S - len(cells), s_init)], 0)
     else:
         init = _subhalo_starts(m1, fit0, S, s_init)
     fit1 = find_map(m1, d, seed=s1, init=init, **common)
