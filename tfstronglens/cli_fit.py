@@ -26,10 +26,8 @@ _SOURCES = ("vae", "sersic", "pixelated", "rim")
 _METHODS = ("map", "vi", "hmc")
 #: The HMC checkpoint of a run, in its ``--out`` folder (resumed by a rerun).
 HMC_CHECKPOINT = "hmc_checkpoint.npz"
-# the defaults of fit's inference settings (also those of fit-many). 300 Adam steps: with
-# the Levenberg-Marquardt polish after them they reached the same best MAP as 500 on the
-# 100x100 images of benchmarks/subhalo_search.py, in two thirds of the time
-_FIT_DEFAULTS = dict(method="hmc", num_starts=64, map_steps=300, vi_steps=500,
+# the defaults of fit's inference settings (also those of fit-many)
+_FIT_DEFAULTS = dict(method="hmc", num_starts=64, map_steps=500, vi_steps=500,
                     num_chains=8, num_results=500, num_burnin=500, map_polish_steps=30,
                     hmc_kernel="nuts")
 _OVERWRITE_HELP = ("start a fresh run in DIR even if it is not empty: the outputs of an "
