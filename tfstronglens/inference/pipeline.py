@@ -342,10 +342,10 @@ def fit_lens(model: LensModel, data=None, method: str = "hmc", *, seed: int = 0,
         ``None`` (the default): the MAP stage fits the model with its subhalo from prior
         draws, and the detection starts on a regular grid. Measured
         (``benchmarks/README.md``): on a 100x100 cutout with a weak TNFW subhalo
-        ``scan_grid=24`` took 142-170 s instead of 1225 s with the same statistic; on
-        the demo's strong, compact 1e10 M_sun point mass it missed the subhalo (Delta
-        log L 30-32 at a wrong place, against 172-177 at the truth): the fit without it
-        had absorbed part of its deflection into the lens (a distorted
+        ``scan_grid=24, map_steps=300`` took 142-170 s instead of 1225 s with the same
+        statistic; on the demo's strong, compact 1e10 M_sun point mass it missed the
+        subhalo (Delta log L 30-32 at a wrong place, against 172-177 at the truth): the
+        fit without it had absorbed part of its deflection into the lens (a distorted
         smooth mode from which adding the subhalo at the truth lowers the likelihood).
       null_simulations: when > 0 (and the detection runs), calibrate its test statistic
         by a parametric bootstrap of this many images drawn from the best fit without a
