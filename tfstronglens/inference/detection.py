@@ -103,7 +103,7 @@ import tensorflow as tf
 from scipy import stats
 
 from ._util import as_seed, positive_int, progress_bar
-from .map import MAPResult, find_map, render_batched, render_jacobian
+from .map import MAPResult, find_map, render_batched, whitened_jacobian
 from .model import LensModel
 
 __all__ = ["detect_subhalo", "SubhaloDetection", "scan_subhalo", "SubhaloScan",
@@ -267,14 +267,9 @@ def scan_subhalo(model: LensModel, fit_without: MAPResult, data=None, grid: int 
     obj0 = m0.objective(data, "likelihood")
     d = obj0.data
     x0 = np.asarray(fit_without.x, np.float64)[None]
-    n = m0.num_pix
-    jac, base = render_jacobian(obj0, x0, max_batch=max_batch)
-    sigma = np.asarray(m0.pixel_sigma(base.reshape(1, n, n)), np.float64).reshape(-1)
-    w = np.broadcast_to(1.0 / sigma, base.shape[1:])
-    if m0.mask is not None:
-        w = w * np.asarray(m0.mask, np.float64).reshape(-1)
-    q, _ = np.linalg.qr((jac[0] * w).T)                   # [pixels, D]
-    r0 = (np.asarray(d, np.float64).reshape(-1) - base[0]) * w
+    J, base, w = whitened_jacobian(obj0, x0, max_batch)
+    q, _ = np.linalg.qr(J)                                # [pixels, D]
+    r0 = (np.asarray(d, np.float64).reshape(-1) - base) * w
 
     def refit_chi2(r):                                    # rows of r: whitened residuals
         return np.sum(r * r, -1) - np.sum((r @ q) ** 2, -1)
@@ -290,7 +285,7 @@ def scan_subhalo(model: LensModel, fit_without: MAPResult, data=None, grid: int 
     for i, mass in enumerate(masses):
         x1 = subhalo_point(m1, x0[0], mass, xx.ravel(), yy.ravel())
         model_images = render_batched(obj1, x1, max_batch).reshape(P, -1)
-        r1 = r0[None] - (model_images - base[0]) * w
+        r1 = r0[None] - (model_images - base) * w
         gain[i] = 0.5 * (chi2_0 - refit_chi2(r1))
     return SubhaloScan(x=xs, y=ys, masses=masses, delta_log_likelihood=gain.reshape(-1, G, G),
                        wall_time=time.perf_counter() - t0)

@@ -370,6 +370,22 @@ def render_jacobian(objective, x, fd_step: float | None = None, max_batch: int =
     return (plus - minus) / (2.0 * h), imgs[2 * k * D:]
 
 
+def whitened_jacobian(objective, x0, max_batch: int = 256):
+    """The rendered model's Jacobian at one unconstrained point ``x0 [1, D]``, whitened by
+    the noise there: ``(J [pixels, D], image [pixels], w [pixels])`` with ``w = mask /
+    sigma`` (``sigma`` at the model image, so Poisson noise counts) and ``J = dm/dx * w``
+    (:func:`render_jacobian`: central differences, ``2 D + 1`` renders). The linear
+    response of the fit to a change of the image (sensitivity maps, the subhalo scan)."""
+    model = objective.model
+    jac, base = render_jacobian(objective, x0, max_batch=max_batch)
+    n = model.num_pix
+    sigma = np.asarray(model.pixel_sigma(base.reshape(1, n, n)), np.float64).reshape(-1)
+    w = np.broadcast_to(1.0 / sigma, base.shape[1:])
+    if model.mask is not None:
+        w = w * np.asarray(model.mask, np.float64).reshape(-1)
+    return (jac[0] * w).T, base[0], w
+
+
 def polish_levenberg_marquardt(model: LensModel, x0, data=None, objective: str = "posterior",
                                num_iterations: int = 30, fd_step: float | None = None,
                                tolerance: float = 1e-3, max_batch: int = 256,

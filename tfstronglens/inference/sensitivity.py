@@ -48,7 +48,7 @@ import tensorflow as tf
 from scipy import stats
 
 from ._util import positive_float, positive_int
-from .map import MAPResult, find_map, render_batched, render_jacobian
+from .map import MAPResult, find_map, render_batched, whitened_jacobian
 from .model import LensModel
 
 __all__ = ["SensitivityMap", "sensitivity_map", "detection_threshold",
@@ -193,14 +193,7 @@ def sensitivity_map(model: LensModel, data=None, masses=None, grid: int = 20, re
 
     # ---- the smooth model's whitened Jacobian at its best fit, once
     t = time.perf_counter()
-    n = m0.num_pix
-    jac, base = render_jacobian(obj0, x0, max_batch=max_batch)
-    sigma = np.asarray(m0.pixel_sigma(base.reshape(1, n, n)), np.float64).reshape(-1)
-    sigma = np.broadcast_to(sigma, base.shape[1:])
-    w = 1.0 / sigma
-    if m0.mask is not None:
-        w = w * np.asarray(m0.mask, np.float64).reshape(-1)
-    J = (jac[0] * w).T                                   # [P, D] whitened
+    J, base, w = whitened_jacobian(obj0, x0, max_batch)  # J [P, D] whitened
     q, rr = np.linalg.qr(J)
     # Gauss-Newton step operator (least squares through the QR factors)
     solve = np.linalg.solve(rr, q.T)                     # [D, P]
@@ -226,7 +219,7 @@ def sensitivity_map(model: LensModel, data=None, masses=None, grid: int = 20, re
         x1 = m1.to_flat(params).numpy()
         mocks = render_batched(obj1, x1, max_batch).reshape(P, -1)
         m_ap[i] = m1.subhalo_masses(params)["subhalo.0.mass_aperture"].numpy()
-        r = (mocks - base[0]) * w                         # [P, pixels] whitened residuals
+        r = (mocks - base) * w                         # [P, pixels] whitened residuals
         stat_lin[i] = np.sum(r * r, -1) - np.sum((r @ q) ** 2, -1)
         xk = np.repeat(x0, P, 0)
         chi2 = np.sum(r * r, -1)
